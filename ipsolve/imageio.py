@@ -11,7 +11,6 @@ import uuid
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 _MODES = (None, "RGB", "L")
 
@@ -109,17 +108,22 @@ def save_image(x, path):
     _write(_to_pil(x), path)
 
 
-def save_grid(images, path, nrow=None):
-    """Save a batch (B, C, H, W) or a list of (C, H, W) images as one grid; nrow defaults to ~√B."""
+def grid_image(images, nrow=None):
+    """One (C, H, W) picture of a batch (B, C, H, W) or a list of (C, H, W) images; nrow defaults to ~√B."""
     images = torch.stack(list(images)) if not torch.is_tensor(images) else images
     if images.ndim != 4:
         raise ValueError(f"a grid needs images (B, C, H, W), got shape {tuple(images.shape)}")
     if nrow is None:
         nrow = max(1, int(np.ceil(np.sqrt(images.shape[0]))))
+    from torchvision.utils import make_grid  # slow import (torch._dynamo): only when a grid is made
+
     grid = make_grid(images.detach().float().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
-    if images.shape[1] == 1:
-        grid = grid[:1]  # make_grid repeats a single channel three times
-    _write(_to_pil(grid), path)
+    return grid[:1] if images.shape[1] == 1 else grid  # make_grid repeats a single channel three times
+
+
+def save_grid(images, path, nrow=None):
+    """Save a batch (B, C, H, W) or a list of (C, H, W) images as one grid."""
+    _write(_to_pil(grid_image(images, nrow)), path)
 
 
 def save_strip(frames, path):

@@ -1,0 +1,20 @@
+"""Samplers for pretrained diffusion models, as plain functions over (model, timesteps[, y, operator]).
+
+A model is anything with `alphas_cumprod` callable as model(x_t, t) → ε (model(x_t, t, cond) when a
+`cond` is given); operators follow the SVD protocol of `degradations`. Every sampler takes explicit
+descending timesteps, makes exactly len(timesteps) model calls, steps after the last one to ᾱ = 1 and
+returns x̂₀; randomness comes from `noise(shape)` or a `generator`; callback(info) sees nfe, t, x, x0.
+"""
+from .ddim import ddim
+from .ddpm import ddpm
+from .ddrm import ddrm, ddrm_init
+from .dpm_solver import dpm_solver
+from .nested import NestedRun, Preview, nested
+from .timesteps import (ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps, linspace_timesteps,
+                        outer_timesteps, sd_inner_timesteps, sd_outer_timesteps)
+
+__all__ = [
+    "ddim", "ddpm", "ddrm", "ddrm_init", "dpm_solver", "nested", "NestedRun", "Preview", "ddrm_timesteps",
+    "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
+    "inner_step_counts", "linspace_timesteps",
+]

@@ -1,0 +1,176 @@
+"""Task and evaluation configurations (YAML, read with `yaml.safe_load`).
+
+A task file (`configs/tasks/NAME.yml`) names a degradation and its measurement noise:
+
+    name: sr16                 # label used in outputs
+    operator: sr16             # `degradations.make` name
+    params: {}                 # extra `make` keyword arguments (optional)
+    seed: 0                    # operator seed (the inpainting mask), optional
+    sigma_y_pixel: 0.0         # noise std in [0, 1] pixel units; model units are twice that
+
+An evaluation file (`configs/eval/NAME.yml`) lists the model, tasks, NFE budgets, methods and metrics;
+see `configs/eval/celeba_table2.yml` for every key with its meaning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+METHOD_KINDS = ("ddrm", "nested")
+
+
+def read_yaml(path) -> dict:
+    """A YAML mapping from `path` (ValueError when the file is missing or not a mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file: give the path of a YAML config")
+    with open(path) as file:
+        data = yaml.safe_load(file)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a YAML mapping (key: value lines)")
+    return data
+
+
+def _check_keys(data: dict, allowed: set, where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed keys are {sorted(allowed)}")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One degradation with its noise level; `sigma_y_pixel` is in [0, 1] pixel units."""
+    name: str
+    operator: str
+    sigma_y_pixel: float = 0.0
+    params: dict = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def sigma_y_model(self) -> float:
+        """The noise std in model units ([-1, 1] images): twice the pixel value."""
+        return 2.0 * self.sigma_y_pixel
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "task") -> "TaskConfig":
+        _check_keys(data, {"name", "operator", "sigma_y_pixel", "params", "seed"}, where)
+        if "operator" not in data:
+            raise ValueError(f"{where}: missing `operator` (a degradations.make name such as sr4)")
+        sigma = float(data.get("sigma_y_pixel", 0.0))
+        if sigma < 0:
+            raise ValueError(f"{where}: sigma_y_pixel must be >= 0, got {sigma}")
+        return cls(name=str(data.get("name", data["operator"])), operator=str(data["operator"]),
+                   sigma_y_pixel=sigma, params=dict(data.get("params") or {}), seed=int(data.get("seed", 0)))
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "operator": self.operator, "params": self.params, "seed": self.seed,
+                "sigma_y_pixel": self.sigma_y_pixel, "sigma_y_model": self.sigma_y_model}
+
+
+def load_task(reference, base_dir=None) -> TaskConfig:
+    """A task from a mapping, a .yml path, or a bare name looked up in `base_dir` (configs/tasks)."""
+    if isinstance(reference, dict):
+        return TaskConfig.from_dict(reference)
+    reference = str(reference)
+    path = Path(reference)
+    if path.suffix not in (".yml", ".yaml"):
+        path = Path(base_dir or "configs/tasks") / f"{reference}.yml"
+    elif base_dir is not None and not path.is_absolute() and not path.exists():
+        path = Path(base_dir) / path
+    return TaskConfig.from_dict(read_yaml(path), where=str(path))
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A solver to evaluate: vanilla DDRM or Nested DDRM, with its keyword arguments.
+
+    Nested: `splits` maps each budget to (outer_steps, inner_steps); runs with the same split are shared,
+    and a budget smaller than its run's total is read from the anytime preview after that many NFEs.
+    """
+    name: str
+    eta: float = 0.85
+    eta_b: float = 1.0
+    eta_outer: float = 0.0
+    splits: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str
+    tasks: tuple
+    budgets: tuple
+    methods: tuple
+    seed: int = 0
+    batch_size: int = 4
+    lpips: str | None = "alex"
+    fid_mode: str | None = "clean"
+    image_shape: tuple | None = None
+    source: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dict(self.source, tasks=[t.as_dict() for t in self.tasks])
+
+
+def _nested_splits(data: dict, budgets: tuple, where: str) -> dict:
+    """Budget → (outer, inner). `inner_steps: I` alone means one anytime run of max(budgets)/I outer steps."""
+    if "splits" in data:
+        splits = {int(b): tuple(int(v) for v in s) for b, s in data["splits"].items()}
+    elif "inner_steps" in data:
+        inner = int(data["inner_steps"])
+        outer = max(budgets) // inner
+        splits = {b: (outer, inner) for b in budgets}
+    else:
+        raise ValueError(f"{where}: give `inner_steps: I` or `splits: {{budget: [outer, inner]}}`")
+    for budget in budgets:
+        if budget not in splits:
+            raise ValueError(f"{where}: budget {budget} has no outer×inner split")
+        outer, inner = splits[budget]
+        if budget % inner or not inner <= budget <= outer * inner:
+            raise ValueError(f"{where}: budget {budget} is not a preview of a {outer}×{inner} nested run "
+                             f"(it must be a multiple of {inner} up to {outer * inner})")
+    return {b: splits[b] for b in budgets}
+
+
+def _method(name: str, data: dict, budgets: tuple, where: str) -> MethodConfig:
+    if name not in METHOD_KINDS:
+        raise ValueError(f"{where}: unknown method {name!r}; choose among {list(METHOD_KINDS)}")
+    data = dict(data or {})
+    allowed = {"eta", "eta_b"} | ({"eta_outer", "inner_steps", "splits"} if name == "nested" else set())
+    _check_keys(data, allowed, f"{where}.{name}")
+    splits = _nested_splits(data, budgets, f"{where}.{name}") if name == "nested" else {}
+    return MethodConfig(name=name, eta=float(data.get("eta", 0.85)), eta_b=float(data.get("eta_b", 1.0)),
+                        eta_outer=float(data.get("eta_outer", 0.0)), splits=splits)
+
+
+def load_eval_config(path) -> EvalConfig:
+    """Read and check an evaluation config; task names resolve in `../tasks` next to the file."""
+    path = Path(path)
+    data = read_yaml(path)
+    allowed = {"model", "image_shape", "seed", "batch_size", "tasks", "budgets", "methods", "metrics"}
+    _check_keys(data, allowed, str(path))
+    for key in ("model", "tasks", "budgets", "methods"):
+        if key not in data:
+            raise ValueError(f"{path}: missing `{key}`")
+    budgets = tuple(sorted(int(b) for b in data["budgets"]))
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"{path}: budgets must be positive NFE counts, got {data['budgets']}")
+    task_dir = path.parent.parent / "tasks"
+    tasks = tuple(load_task(t, task_dir) for t in data["tasks"])
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ValueError(f"{path}: task names must be distinct")
+    methods = tuple(_method(n, m, budgets, f"{path}: methods") for n, m in data["methods"].items())
+    metrics = dict(data.get("metrics") or {})
+    _check_keys(metrics, {"lpips", "fid"}, f"{path}: metrics")
+    fid = metrics.get("fid", "clean")
+    if fid not in (None, "clean", "legacy_pytorch"):
+        raise ValueError(f"{path}: metrics.fid must be clean, legacy_pytorch or null, got {fid!r}")
+    lpips = metrics.get("lpips", "alex")
+    if lpips not in (None, "alex", "vgg"):
+        raise ValueError(f"{path}: metrics.lpips must be alex, vgg or null, got {lpips!r}")
+    shape = data.get("image_shape")
+    return EvalConfig(model=str(data["model"]), tasks=tasks, budgets=budgets, methods=methods,
+                      seed=int(data.get("seed", 0)), batch_size=int(data.get("batch_size", 4)),
+                      lpips=lpips, fid_mode=fid,
+                      image_shape=tuple(int(s) for s in shape) if shape else None, source=data)

@@ -1,0 +1,68 @@
+"""Sharding work over processes started by torchrun (or one process when WORLD_SIZE is unset).
+
+Rank r of K takes dataset indices r, r+K, r+2K, …: no index is padded or repeated, and because every
+image draws its randomness from its own seed (`image_seed`) the union of the shards equals a one-process
+run. The process group (gloo on CPU, nccl on GPU) is only created when WORLD_SIZE > 1.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+SEED_STRIDE = 1_000_003  # a prime larger than any dataset, so (seed, index) pairs never collide
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of dataset image `index` in a run seeded with `seed` (no Python hash involved)."""
+    return seed * SEED_STRIDE + index
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator for one image (draws are moved to the model's device afterwards)."""
+    return torch.Generator().manual_seed(image_seed(seed, index))
+
+
+@dataclass(frozen=True)
+class Workers:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, count: int) -> range:
+        """The dataset indices this process handles."""
+        return range(self.rank, count, self.world_size)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def start(device: str | None = None) -> Workers:
+    """Join the torchrun process group if there is one; pick this process's device.
+
+    `device` None means cuda (this rank's LOCAL_RANK) when available, else cpu.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size == 1:
+        return Workers(device=chosen)
+    if not dist.is_initialized():
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    return Workers(rank=dist.get_rank(), world_size=dist.get_world_size(), device=chosen)
+
+
+def stop(workers: Workers) -> None:
+    """Leave the process group (a no-op for one process)."""
+    if workers.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

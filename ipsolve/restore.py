@@ -1,0 +1,132 @@
+"""Restoring a measurement with Nested Diffusion (DDRM inside) or plain DDRM, as an anytime process.
+
+`restore` is the library form of `ipsolve restore`: it calls `on_preview` with every anytime image the
+moment it exists and `on_nfe(nfe)` after every network evaluation, so a caller can show progress, write
+files, or stop early (an exception raised from a callback, or Ctrl-C, ends the run; the previews handed
+out so far stay valid).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import solvers
+from ipsolve.models.unet import DDPMUNet
+
+
+@dataclass(frozen=True)
+class Preview:
+    """An anytime image: x0 (B, C, H, W) in model space after `nfe` network evaluations in all."""
+
+    x0: torch.Tensor
+    nfe: int
+    step: int  # 1-based count of previews so far
+
+
+def preview_marks(outer: int, inner: int, budget: int | None = None) -> list[int]:
+    """NFE counts at which Nested Diffusion hands out an anytime image: after each inner run of `inner`
+    calls; a `budget` shortens the last inner run that fits and drops the rest."""
+    check_schedule(outer, inner, budget)
+    total = outer * inner if budget is None else min(budget, outer * inner)
+    return sorted({min(inner * step, total) for step in range(1, outer + 1)})
+
+
+def check_schedule(outer: int, inner: int, budget: int | None = None) -> None:
+    """ValueError unless outer ≥ 1, inner ≥ 1 and budget (if any) pays for at least one inner run."""
+    if outer < 1:
+        raise ValueError(f"outer steps must be at least 1, got {outer}")
+    if inner < 1:
+        raise ValueError(f"inner steps must be at least 1, got {inner}")
+    if budget is not None and budget < inner:
+        raise ValueError(f"budget of {budget} NFE is smaller than one inner run ({inner} NFE): "
+                         f"raise the budget or lower the inner steps")
+
+
+def vanilla_timesteps(nfe: int, num_train_steps: int = 1000) -> list[int]:
+    """DDRM's grid (skip = T // N, from the top down) cut to exactly `nfe` points (its 30 has 31)."""
+    return solvers.ddrm_timesteps(nfe, num_train_steps)[-nfe:]
+
+
+def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
+            eta: float = 0.85, eta_b: float = 1.0, batch: int = 1, vanilla: bool = False,
+            generator: torch.Generator | None = None, on_preview=None, on_nfe=None) -> list[Preview]:
+    """Restore `measurement` (with .y, .op, .sigma_y in model units) with `model`; return the previews.
+
+    Nested Diffusion runs `outer` steps of `inner` DDRM calls each (at most `budget` NFE, the last inner
+    run shortened to fit); `vanilla` runs plain DDRM with as many calls and hands out its x̂₀
+    predictions at the same NFE marks, so the two anytime strips compare. `batch` draws that many
+    samples for the one measurement. The last preview is the result. Runs on the device of
+    measurement.y (put the model there too).
+    """
+    marks = preview_marks(outer, inner, budget)
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    op, sigma_y = measurement.op, float(measurement.sigma_y)
+    y = measurement.y.reshape(-1, *op.measurement_shape)[:1].repeat(batch, *([1] * len(op.measurement_shape)))
+    previews = []
+
+    def hand_out(x0, nfe):
+        previews.append(Preview(x0.detach(), nfe, len(previews) + 1))
+        if on_preview is not None:
+            on_preview(previews[-1])
+
+    def after_call(info):
+        if on_nfe is not None:
+            on_nfe(info["nfe"])
+        if vanilla and info["nfe"] in marks:
+            hand_out(info["x0"], info["nfe"])
+
+    with torch.no_grad():
+        if vanilla:
+            timesteps = vanilla_timesteps(marks[-1], len(model.alphas_cumprod))
+            solvers.ddrm(model, y, op, sigma_y, timesteps, eta=eta, eta_b=eta_b, generator=generator,
+                         callback=after_call)
+        else:
+            run = solvers.nested(model, inner="ddrm", outer_steps=outer, inner_steps=inner, budget=budget,
+                                 generator=generator, callback=after_call, y=y, op=op, sigma_y=sigma_y,
+                                 eta=eta, eta_b=eta_b)
+            for preview in run:
+                hand_out(preview.x0, preview.nfe)
+    return previews
+
+
+def check_model_fits(model, image_shape, device="cpu") -> None:
+    """ValueError (one line) unless `model` (on `device`) can denoise images of `image_shape` (C, H, W)."""
+    channels, height, width = image_shape
+    trained = getattr(model, "image_shape", None)
+    if trained is None:
+        return
+    if trained[0] != channels:
+        raise ValueError(f"the model takes {trained[0]}-channel images but the measurement is of a "
+                         f"{channels}-channel image: degrade a {trained[0]}-channel image or use another model")
+    if tuple(trained[1:]) == (height, width):
+        return
+    multiple = _size_multiple(model)
+    if multiple is not None and (height % multiple or width % multiple):
+        raise ValueError(f"the model takes images whose height and width are multiples of {multiple} (trained "
+                         f"at {trained[1]}x{trained[2]}), not {height}x{width}: degrade a resized image (--size)")
+    if multiple is None:
+        _probe(model, image_shape, device)
+
+
+def _size_multiple(model) -> int | None:
+    """2^(levels−1) for a model built on DDPMUNet (its resolution halves level by level), else None."""
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    for module in modules:
+        if isinstance(module, DDPMUNet):
+            return 2 ** (len(module.down) - 1)
+    return None
+
+
+def _probe(model, image_shape, device) -> None:
+    """One network call at the new size: a model that cannot take it fails here, with a clear line."""
+    x = torch.zeros(1, *image_shape, device=device)
+    try:
+        with torch.no_grad():
+            model(x, torch.zeros(1, dtype=torch.long, device=device))
+    except (RuntimeError, ValueError):
+        _, height, width = image_shape
+        trained = model.image_shape
+        raise ValueError(f"the model (trained at {trained[1]}x{trained[2]}) cannot take "
+                         f"{height}x{width} images: degrade a resized image (--size)") from None

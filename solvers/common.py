@@ -1,0 +1,82 @@
+"""Pieces every sampler shares: timestep checks, ᾱ lookup, x̂₀ from ε, noise drawing, the model call."""
+from __future__ import annotations
+
+import torch
+
+
+def check_timesteps(timesteps, model) -> list[int]:
+    """`timesteps` as a list of ints, strictly descending within the model's training range."""
+    steps = [int(t) for t in (timesteps.tolist() if torch.is_tensor(timesteps) else timesteps)]
+    num_train = len(model.alphas_cumprod)
+    if not steps:
+        raise ValueError("timesteps is empty: give at least one timestep, e.g. solvers.ddrm_timesteps(20)")
+    if any(a <= b for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"timesteps must be strictly descending, got {steps}")
+    if steps[-1] < 0 or steps[0] >= num_train:
+        raise ValueError(f"timesteps must lie in 0…{num_train - 1} (the model's training range), got {steps}")
+    return steps
+
+
+def with_next(steps: list[int]):
+    """(t, t') pairs over the grid; the step after the last timestep goes to t' = −1, where ᾱ = 1."""
+    return zip(steps, steps[1:] + [-1])
+
+
+def alpha_bar(model, t: int, like: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t as a 0-d tensor with `like`'s dtype and device; ᾱ_{−1} = 1."""
+    if t < 0:
+        return torch.ones((), dtype=like.dtype, device=like.device)
+    return model.alphas_cumprod[t].to(like.device, like.dtype)
+
+
+def predict_x0(x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t (no clipping)."""
+    return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def noise_drawer(noise=None, generator: torch.Generator | None = None):
+    """draw(shape, like) → standard normal draws with `like`'s dtype and device, taken from the `noise`
+    callable when given (e.g. torch.zeros for the mean path), else from `generator` (or torch's default)."""
+    if noise is not None:
+        def draw(shape, like):
+            z = noise(tuple(shape))
+            if tuple(z.shape) != tuple(shape):
+                raise ValueError(f"noise({tuple(shape)}) returned shape {tuple(z.shape)}: it must return that shape")
+            return z.to(like.device, like.dtype)
+        return draw
+
+    def draw(shape, like):
+        return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
+    return draw
+
+
+def call_model(model, x: torch.Tensor, t: int, cond=None):
+    """One network call at timestep t → (ε̂, v), v the learned-variance channels or None.
+
+    `cond` goes to the model untouched, and only when it is not None. A model with `learned_sigma` set
+    returns 2C channels: ε̂ then v ∈ [−1, 1].
+    """
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    out = model(x, t_batch) if cond is None else model(x, t_batch, cond)
+    if getattr(model, "learned_sigma", False):
+        eps, v = out.split(x.shape[1], dim=1)
+        return eps, v
+    return out, None
+
+
+def ddim_step(x0, eps, a, a_next, eta: float, draw):
+    """x_{t'} = √ᾱ' x̂₀ + √(1−ᾱ'−σ²) ε̂ + σ z with σ = η √((1−ᾱ')/(1−ᾱ)) √(1−ᾱ/ᾱ').
+
+    Draws z only when σ can be nonzero (η > 0 and ᾱ' < 1), so η = 0 consumes no randomness.
+    """
+    sigma = eta * ((1 - a_next) / (1 - a) * (1 - a / a_next)).clamp_min(0).sqrt()
+    x_next = a_next.sqrt() * x0 + (1 - a_next - sigma**2).clamp_min(0).sqrt() * eps
+    if eta > 0 and a_next < 1:
+        x_next = x_next + sigma * draw(x0.shape, x0)
+    return x_next
+
+
+def report(callback, nfe: int, t: int, x, x0, **extra) -> None:
+    """callback({nfe, t, x, x0, …}) after a model call: x is the state the model saw at t, x0 its x̂₀."""
+    if callback is not None:
+        callback({"nfe": nfe, "t": t, "x": x, "x0": x0, **extra})

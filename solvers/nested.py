@@ -1,0 +1,208 @@
+"""Nested Diffusion (Elata et al.): a complete inner sampler inside every step of an outer DDIM process.
+
+At outer time t the inner sampler (DDRM for inverse problems — Algorithm 3 —, DDIM, DDPM or DPM-Solver++
+for generation — Algorithm 2 —) runs from the outer state x_t itself down to t' = −1; its result x̂₀ is
+the anytime image, and the outer step is DDIM from (x_t, x̂₀):
+ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t), x_next = √ᾱ_n x̂₀ + √(1−ᾱ_n−σ²) ε̂ + σ z (η_o = 0 by default).
+
+Outer grid: S times evenly spaced from a top time down, 0 excluded (`outer_timesteps`). The top is
+T − 1 for generation (the released DiT grid) and, for DDRM, the top of vanilla DDRM's grid for the same
+total number of calls, `ddrm_timesteps(total)[0]`, so both start at the same noise level and S = 1 is
+plain DDRM on its own grid (for totals dividing 1000). Inner grids: `inner_timesteps` (evenly spaced on
+[0, t], both ends) for DDRM / DDIM / DDPM, `dpm_inner_timesteps` for DPM-Solver++ (the released code's).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .common import alpha_bar, check_timesteps, ddim_step, noise_drawer
+from .ddim import ddim
+from .ddpm import ddpm
+from .ddrm import ddrm, ddrm_init
+from .dpm_solver import dpm_solver
+from .timesteps import ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps, outer_timesteps
+
+INNER_SAMPLERS = {"ddrm": ddrm, "ddim": ddim, "ddpm": ddpm, "dpm_solver": dpm_solver}
+INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddim": {"eta"}, "ddpm": {"variance"},
+                 "dpm_solver": {"order", "variant"}}
+DEFAULT_INNER_GRIDS = {"ddrm": inner_timesteps, "ddim": inner_timesteps, "ddpm": inner_timesteps,
+                       "dpm_solver": dpm_inner_timesteps}
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The anytime answer after an inner run: x0 (model space, unclipped) after `nfe` model calls in all,
+    at outer step `step` (1…S) whose time is t; x is the outer state the inner run started from."""
+
+    x0: torch.Tensor
+    nfe: int
+    step: int
+    t: int
+    x: torch.Tensor
+
+
+def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_steps=None, x_T=None, shape=None,
+           budget: int | None = None, eta_outer: float = 0.0, generator=None, noise=None, cond=None, hook=None,
+           *, outer_timesteps: list[int] | None = None, inner_schedule: str = "uniform", inner_grid=None,
+           callback=None, dtype=None, device=None, **inner_kwargs) -> NestedRun:
+    """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
+
+    inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddim" (eta), "ddpm" (variance) or
+    "dpm_solver" (order, variant) — those options go in **inner_kwargs.
+    outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the default grid).
+    inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule
+    ("uniform", "front", "back") shares the S·I calls out over the outer steps (`inner_step_counts`).
+    inner_grid: callable(t, count) → the inner timesteps (default per sampler, see the module doc).
+    x_T: the first outer state; None → DDRM's y-aware initialisation at the top time for "ddrm" (so
+    S = 1 equals plain DDRM with the same draws), else standard normal noise of `shape` (dtype/device).
+    budget: cap on the total number of model calls (the last inner run is shortened to fit).
+    eta_outer: η of the outer DDIM step. Random draws come from `noise` or `generator`, as in the samplers.
+    cond: passed to the model untouched (when not None); `run.set_cond` changes it for later inner runs.
+    hook(preview, run): called after every inner run, before the preview is yielded.
+    callback(info): after every model call; info as the samplers', nfe counted over the whole run, plus step.
+    """
+    if inner not in INNER_SAMPLERS:
+        raise ValueError(f"inner sampler {inner!r} is not one of {', '.join(INNER_SAMPLERS)}")
+    unknown = set(inner_kwargs) - INNER_OPTIONS[inner]
+    if unknown:
+        raise ValueError(f"{', '.join(sorted(unknown))}: not an option of the {inner} inner sampler "
+                         f"(it takes {', '.join(sorted(INNER_OPTIONS[inner]))})")
+    if inner == "ddrm" and not {"y", "op", "sigma_y"} <= set(inner_kwargs):
+        raise ValueError("nested DDRM needs y=, op= and sigma_y= (the measurement, operator and noise level)")
+    if eta_outer < 0:
+        raise ValueError(f"eta_outer must be non-negative, got {eta_outer}")
+    outer_grid, inner_grids = _plan(model, inner, outer_steps, inner_steps, outer_timesteps, inner_schedule,
+                                    inner_grid, budget)
+    if x_T is None and inner == "ddrm":
+        x_T = ddrm_init(model, inner_kwargs["y"], inner_kwargs["op"], inner_kwargs["sigma_y"], outer_grid[0],
+                        noise=noise, generator=generator)
+    elif x_T is None:
+        if shape is None:
+            raise ValueError(f"nested {inner} needs x_T or shape= (the batch shape to start from noise)")
+        like = torch.empty((), dtype=dtype or torch.get_default_dtype(), device=device)
+        x_T = noise_drawer(noise, generator)(tuple(shape), like)
+    return NestedRun(model, inner, outer_grid, inner_grids, x_T, eta_outer, noise, generator, cond, hook, callback,
+                     inner_kwargs)
+
+
+class NestedRun:
+    """Iterating yields a `Preview` after each inner run; `latest` holds the last one (the anytime answer).
+
+    Breaking out of the loop stops early (iterating again resumes). Between outer steps — from a hook or
+    the loop body — `keep(indices)` and `set_cond(cond)` steer the following steps. The plan is fixed at
+    construction: `outer_timesteps` (one int per outer step that runs) and `inner_timesteps` (their grids);
+    `total_nfe` is the number of model calls of the whole run, `nfe` the number made so far.
+    """
+
+    def __init__(self, model, inner, outer_timesteps, inner_timesteps, x_T, eta_outer, noise, generator, cond, hook,
+                 callback, inner_kwargs):
+        self.model, self.inner, self.eta_outer, self.hook, self.callback = model, inner, eta_outer, hook, callback
+        self.outer_timesteps, self.inner_timesteps = outer_timesteps, inner_timesteps
+        self.inner_kwargs, self.noise, self.generator = inner_kwargs, noise, generator
+        self.total_nfe = sum(len(grid) for grid in inner_timesteps)
+        self._draw = noise_drawer(noise, generator)
+        self._x, self._x0, self._cond, self.nfe, self.latest = x_T, None, cond, 0, None
+        self._previews = self._run()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Preview:
+        return next(self._previews)
+
+    def keep(self, indices) -> None:
+        """Keep the chosen candidates (batch indices), replicated cyclically over the batch; y (DDRM) and a
+        tensor `cond` with the batch's leading size are replicated alike. Applies to the next outer step."""
+        if self._x0 is None:
+            raise ValueError("keep() chooses among previews: call it after the first outer step")
+        batch = self._x.shape[0]
+        indices = [int(i) for i in ([indices] if isinstance(indices, int) else indices)]
+        if not indices or not all(0 <= i < batch for i in indices):
+            raise ValueError(f"keep({indices}): give candidate indices among 0…{batch - 1}")
+        rows = torch.tensor([indices[i % len(indices)] for i in range(batch)], device=self._x.device)
+        self._x, self._x0 = self._x[rows], self._x0[rows]
+        if "y" in self.inner_kwargs and self.inner_kwargs["y"].shape[0] == batch:
+            self.inner_kwargs["y"] = self.inner_kwargs["y"][rows.to(self.inner_kwargs["y"].device)]
+        if torch.is_tensor(self._cond) and self._cond.shape[0] == batch:
+            self._cond = self._cond[rows.to(self._cond.device)]
+
+    def set_cond(self, cond) -> None:
+        """Condition the following inner runs on `cond` (e.g. a new prompt embedding or class)."""
+        self._cond = cond
+
+    def _run(self):
+        steps = len(self.outer_timesteps)
+        for step, (t, grid) in enumerate(zip(self.outer_timesteps, self.inner_timesteps), start=1):
+            self._x0 = self._inner_run(grid, step)
+            self.nfe += len(grid)
+            self.latest = Preview(self._x0, self.nfe, step, t, self._x)
+            if self.hook is not None:
+                self.hook(self.latest, self)
+            yield self.latest
+            if step < steps:
+                self._x = self._outer_step(t, self.outer_timesteps[step])
+
+    def _inner_run(self, grid, step):
+        offset = self.nfe
+        callback = None if self.callback is None else (
+            lambda info: self.callback({**info, "nfe": offset + info["nfe"], "step": step}))
+        common = dict(noise=self.noise, generator=self.generator, callback=callback, cond=self._cond)
+        sampler = INNER_SAMPLERS[self.inner]
+        if self.inner == "ddrm":
+            return sampler(self.model, timesteps=grid, x_T=self._x, **common, **self.inner_kwargs)
+        return sampler(self.model, self._x, grid, **common, **self.inner_kwargs)
+
+    def _outer_step(self, t, t_next):
+        a, a_next = alpha_bar(self.model, t, self._x), alpha_bar(self.model, t_next, self._x)
+        eps = (self._x - a.sqrt() * self._x0) / (1 - a).sqrt()
+        return ddim_step(self._x0, eps, a, a_next, self.eta_outer, self._draw)
+
+
+def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, inner_grid, budget):
+    """(outer times, inner grids) of the steps that run, the last inner run cut to fit `budget`."""
+    num_train = len(model.alphas_cumprod)
+    if outer_grid is not None:
+        outer_grid = check_timesteps(outer_grid, model)
+        if outer_steps not in (None, len(outer_grid)):
+            raise ValueError(f"outer_steps={outer_steps} but outer_timesteps has {len(outer_grid)} times")
+        outer_steps = len(outer_grid)
+    if outer_steps is None or inner_steps is None:
+        raise ValueError("nested needs outer_steps (or outer_timesteps) and inner_steps")
+    counts = _inner_counts(inner_steps, outer_steps, inner_schedule)
+    if outer_grid is None:
+        total = sum(counts)
+        top = ddrm_timesteps(min(total, num_train), num_train)[0] if inner == "ddrm" else num_train - 1
+        outer_grid = outer_timesteps(outer_steps, top)
+    if budget is not None:
+        if budget < 1:
+            raise ValueError(f"budget must be at least 1 model call, got {budget}")
+        counts = _cut_to_budget(counts, budget)
+    grid_of = inner_grid or DEFAULT_INNER_GRIDS[inner]
+    grids = [check_timesteps(grid_of(t, count), model) for t, count in zip(outer_grid, counts)]
+    for t, count, grid in zip(outer_grid, counts, grids):
+        if len(grid) != count or grid[0] != t:
+            raise ValueError(f"inner grid at outer time {t} must start at {t} with {count} points, got {grid}")
+    return outer_grid[:len(counts)], grids
+
+
+def _inner_counts(inner_steps, outer_steps, schedule):
+    if isinstance(inner_steps, int):
+        return inner_step_counts(inner_steps * outer_steps, outer_steps, schedule)
+    counts = [int(c) for c in inner_steps]
+    if schedule != "uniform":
+        raise ValueError("inner_schedule applies to one inner_steps number; a list already fixes every run")
+    if len(counts) != outer_steps or min(counts) < 1:
+        raise ValueError(f"inner_steps {counts} must give one count ≥ 1 for each of the {outer_steps} outer steps")
+    return counts
+
+
+def _cut_to_budget(counts, budget):
+    cut, left = [], budget
+    for count in counts:
+        if left == 0:
+            break
+        cut.append(min(count, left))
+        left -= cut[-1]
+    return cut

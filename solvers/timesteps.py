@@ -1,0 +1,90 @@
+"""Timestep grids: DDRM's reference rule, and the outer / inner grids of the released Nested Diffusion code.
+
+Every grid is a descending list of ints. Rounding is of the exact rational value, half to even (as numpy).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+
+def ddrm_timesteps(n: int, num_train: int = 1000) -> list[int]:
+    """DDRM's grid: skip = T // n, then 0, skip, 2·skip, … < T from the top down (10 → 900…0; 30 → 31 points)."""
+    _check_count("n", n, num_train)
+    return list(range(0, num_train, num_train // n))[::-1]
+
+
+def linspace_timesteps(start: int, stop: int, count: int) -> list[int]:
+    """round(linspace(start, stop, count)), descending (count = 1 gives [stop])."""
+    if count == 1:
+        return [stop]
+    points = [round(start + Fraction(stop - start) * i / (count - 1)) for i in range(count)]
+    return points[::-1]
+
+
+def inner_timesteps(t: int, count: int) -> list[int]:
+    """`count` points evenly spaced on [0, t] with both ends (t = 999, 4 → 999, 666, 333, 0); 1 → [t].
+
+    The inner grid of the released DiT code, used for DDRM, DDIM and DDPM inner runs.
+    """
+    _check_count("count", count, t + 1)
+    return linspace_timesteps(0, t, count)
+
+
+def dpm_inner_timesteps(t: int, count: int) -> list[int]:
+    """round(linspace(0, t, count + 1)) descending minus 0 (the released DPM-Solver++ inner grid)."""
+    _check_count("count", count, t)
+    return linspace_timesteps(0, t, count + 1)[:-1]
+
+
+def sd_inner_timesteps(t: int, count: int) -> list[int]:
+    """round(linspace(1, t, count)) descending (the released Stable Diffusion inner grid)."""
+    _check_count("count", count, t)
+    return linspace_timesteps(1, t, count)
+
+
+def outer_timesteps(steps: int, top: int) -> list[int]:
+    """`steps` evenly spaced outer times from `top` down, 0 excluded: round(linspace(0, top, steps + 1))[1:].
+
+    With top = T − 1 this is the released DiT grid (5, 999 → 999, 799, 599, 400, 200).
+    """
+    _check_count("outer steps", steps, top)
+    return linspace_timesteps(0, top, steps + 1)[:-1]
+
+
+def sd_outer_timesteps(steps: int, num_train: int = 1000) -> list[int]:
+    """round(linspace(1, T − 1, steps + 1)) descending, last point dropped (released Stable Diffusion code)."""
+    _check_count("outer steps", steps, num_train - 2)
+    return linspace_timesteps(1, num_train - 1, steps + 1)[:-1]
+
+
+SCHEDULES = {
+    "uniform": lambda n: [1] * n,
+    "front": lambda n: list(range(n, 0, -1)),
+    "back": lambda n: list(range(1, n + 1)),
+}
+
+
+def inner_step_counts(total: int, outer_steps: int, schedule: str = "uniform") -> list[int]:
+    """Split a budget of `total` inner model calls over `outer_steps` outer steps (each gets ≥ 1).
+
+    Shares ∝ weights, rounded by largest remainder: "uniform" equal (the remainder to the first steps),
+    "front" ∝ S, S−1, …, 1 (better early previews), "back" ∝ 1, 2, …, S (more calls near the end).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"inner schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if outer_steps < 1 or total < outer_steps:
+        raise ValueError(f"cannot split {total} inner calls over {outer_steps} outer steps: "
+                         "give at least one call per outer step")
+    weights = SCHEDULES[schedule](outer_steps)
+    shares = [Fraction(total * w, sum(weights)) for w in weights]
+    counts = [max(1, int(share)) for share in shares]
+    while sum(counts) < total:
+        counts[max(range(outer_steps), key=lambda i: (shares[i] - counts[i], -i))] += 1
+    while sum(counts) > total:
+        counts[min((i for i in range(outer_steps) if counts[i] > 1), key=lambda i: (shares[i] - counts[i], i))] -= 1
+    return counts
+
+
+def _check_count(name, count, most):
+    if not 1 <= count <= most:
+        raise ValueError(f"{name} must lie in 1…{most}, got {count}")

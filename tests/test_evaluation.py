@@ -1,0 +1,154 @@
+"""`ipsolve eval` on small data with the exact Gaussian prior: configs, outputs, seeds, resuming, FID."""
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ipsolve.cli import main
+from ipsolve.config import load_eval_config
+from ipsolve.evaluation import evaluate, fit_image, list_images, plan_runs
+from ipsolve.imageio import save_image
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """Four held-out MNIST digits as PNG files (named so that sorting reverses their order)."""
+    folder = tmp_path_factory.mktemp("digits")
+    images = torch.load(Path(__file__).parent / "data" / "mnist_heldout16.pt", weights_only=True)["images"]
+    for i in range(4):
+        save_image(images[i].float() / 255, folder / f"digit_{9 - i}.png")
+    return folder
+
+
+def write_config(folder: Path, **changes) -> Path:
+    config = {"model": "gaussian:1x32x32", "seed": 3, "batch_size": 2,
+              "tasks": ["deno", "sr4", {"name": "inp30", "operator": "inp", "sigma_y_pixel": 0.05}],
+              "budgets": [2, 4], "methods": {"ddrm": {}, "nested": {"inner_steps": 2}},
+              "metrics": {"lpips": "alex", "fid": None}}
+    config.update(changes)
+    (folder / "eval").mkdir(parents=True, exist_ok=True)
+    path = folder / "eval" / "small.yml"
+    path.write_text(yaml.safe_dump(config))
+    (folder / "tasks").mkdir(exist_ok=True)
+    for name in ("deno", "sr4"):
+        (folder / "tasks" / f"{name}.yml").write_text((CONFIGS / "tasks" / f"{name}.yml").read_text())
+    return path
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def assert_same_rows(rows, expected):
+    """Same rows and keys; numbers equal up to float rounding (batch composition changes the last bits)."""
+    assert [list(r) for r in rows] == [list(r) for r in expected]
+    for row, other in zip(rows, expected):
+        for key in ("psnr", "lpips"):
+            assert float(row[key]) == pytest.approx(float(other[key]), rel=1e-5, abs=1e-6)
+        assert {k: v for k, v in row.items() if k not in ("psnr", "lpips")} == \
+            {k: v for k, v in other.items() if k not in ("psnr", "lpips")}
+
+
+def test_paper_config_reads_four_tasks_with_both_noise_units():
+    config = load_eval_config(CONFIGS / "eval" / "celeba_table2.yml")
+    assert [t.name for t in config.tasks] == ["deno", "sr16", "color", "inp"]
+    assert config.budgets == (10, 20, 30) and [m.name for m in config.methods] == ["ddrm", "nested"]
+    deno = config.tasks[0]
+    assert deno.sigma_y_model == 2 * deno.sigma_y_pixel
+    nested = config.methods[1]
+    assert nested.splits == {10: (3, 10), 20: (3, 10), 30: (3, 10)}
+    runs = plan_runs(config)
+    assert len(runs) == 4 * (3 + 1)        # vanilla: a run per budget; nested: one anytime run per task
+    smoke = load_eval_config(CONFIGS / "eval" / "embedded_smoke.yml")
+    assert smoke.model == "embedded" and [t.name for t in smoke.tasks] == ["deno", "sr4", "inp"]
+
+
+def test_config_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="budget 2 is not a preview of a 1×3 nested run"):
+        load_eval_config(write_config(tmp_path, methods={"nested": {"inner_steps": 3}}))
+    with pytest.raises(ValueError, match="unknown keys \\['budget'\\]"):
+        load_eval_config(write_config(tmp_path, budget=[2]))
+    with pytest.raises(ValueError, match="unknown method 'ddpm'"):
+        load_eval_config(write_config(tmp_path, methods={"ddpm": {}}))
+
+
+def test_images_are_sorted_limited_and_fitted(digits):
+    names = [p.name for p in list_images(digits, limit=3)]
+    assert names == ["digit_6.png", "digit_7.png", "digit_8.png"]
+    wide = torch.rand(3, 40, 80)
+    fitted = fit_image(wide, (32, 32))
+    assert fitted.shape == (3, 32, 32)
+    # scaled to 32 × 64 then center-cropped: the middle columns of the downscaled image
+    expected = torch.nn.functional.interpolate(wide[None], size=(32, 64), mode="bicubic", antialias=True)[0]
+    assert torch.allclose(fitted, expected.clamp(0, 1)[:, :, 16:48])
+
+
+def test_eval_writes_tables_plot_and_metadata_and_resumes(tmp_path, digits):
+    config = load_eval_config(write_config(tmp_path))
+    out = tmp_path / "out"
+    report = evaluate(config, digits, out)
+    assert report["computed"] == 3 * (2 + 1) * 4 and report["skipped"] == 0
+    for name in ("per_image.csv", "results.csv", "table.md", "curves.png", "results.json"):
+        assert (out / name).is_file()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_image = read_rows(out / "per_image.csv")
+    assert len(per_image) == 3 * 2 * 2 * 4
+    results = read_rows(out / "results.csv")
+    first = results[0]
+    same = [float(r["psnr"]) for r in per_image if (r["task"], r["method"], r["budget"]) == ("deno", "ddrm", "2")]
+    assert float(first["psnr"]) == pytest.approx(sum(same) / 4)
+    meta = json.loads((out / "results.json").read_text())
+    assert meta["versions"]["torch"] == torch.__version__
+    assert meta["noise_units"]["inp30"] == {"sigma_y_pixel": 0.05, "sigma_y_model": 0.1}
+    assert meta["seeds"]["seed"] == 3 and meta["metrics"]["lpips"]["net"] == "alex"
+    assert meta["metrics"]["fid"] is None
+    assert "| deno | nested |" in (out / "table.md").read_text()
+
+    record = json.loads((out / "sr4" / "nested" / "nfe004" / "00001.json").read_text())
+    assert record["source"] == "digit_7.png" and record["nfe"] == 4 and record["seed"] == 3 * 1_000_003 + 1
+
+    again = evaluate(config, digits, out)
+    assert again["computed"] == 0 and read_rows(out / "per_image.csv") == per_image
+
+    removed = out / "sr4" / "ddrm" / "nfe004" / "00002.png"
+    kept = out / "sr4" / "ddrm" / "nfe004" / "00001.png"
+    kept_mtime = kept.stat().st_mtime_ns
+    removed.unlink()
+    third = evaluate(config, digits, out)
+    assert third["computed"] == 1 and removed.is_file() and kept.stat().st_mtime_ns == kept_mtime
+    assert_same_rows(read_rows(out / "per_image.csv"), per_image)
+
+
+def test_results_do_not_depend_on_batch_size(tmp_path, digits):
+    config = load_eval_config(write_config(tmp_path, tasks=["sr4"], methods={"nested": {"inner_steps": 2}}))
+    evaluate(config, digits, tmp_path / "batched", batch_size=3)
+    evaluate(config, digits, tmp_path / "single", batch_size=1)
+    batched, single = read_rows(tmp_path / "batched" / "per_image.csv"), read_rows(tmp_path / "single" / "per_image.csv")
+    assert_same_rows(batched, single)
+
+
+def test_fid_kid_and_log_fid_auc_per_budget(tmp_path, digits):
+    config = load_eval_config(write_config(tmp_path, tasks=["sr4"], methods={"ddrm": {}},
+                                           metrics={"lpips": None, "fid": "clean"}))
+    report = evaluate(config, digits, tmp_path / "out", limit=2)
+    rows = read_rows(tmp_path / "out" / "results.csv")
+    fids = [float(r["fid"]) for r in rows]
+    assert all(f > 0 and math.isfinite(f) for f in fids) and all(math.isnan(float(r["lpips"])) for r in rows)
+    assert report["metrics"]["fid"]["mode"] == "clean"
+    expected_auc = (4 - 2) * (math.log(fids[0]) + math.log(fids[1])) / 2
+    assert report["log_fid_auc"]["sr4"]["ddrm"] == pytest.approx(expected_auc)
+
+
+def test_command_line_runs_eval(tmp_path, digits, capsys):
+    config = write_config(tmp_path, tasks=["deno"], budgets=[2], methods={"ddrm": {}})
+    code = main(["eval", "--config", str(config), "--data", str(digits), "--limit", "2",
+                 "--out", str(tmp_path / "out"), "--no-fid"])
+    assert code == 0 and "2 images" in capsys.readouterr().out
+    assert main(["eval", "--config", str(config), "--data", str(tmp_path / "nowhere")]) == 2
