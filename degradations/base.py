@@ -10,7 +10,8 @@ An operator maps images x (B, C, H, W) to measurements y (B, *measurement_shape)
 
 Then H x = U(s ⊙ Vt(x)[:, :k]), Hᵀ y = V(pad(s ⊙ Ut(y))), H⁺ y = V(pad(Ut(y) / s)); H⁺ is the
 pseudo-inverse of H (of the kept spectrum when small singular values were dropped). Subclasses implement
-``_V``, ``_Vt``, ``_U``, ``_Ut`` and may override ``_H``, ``_Ht``, ``_H_pinv`` with direct formulas.
+``_V`` and ``_Vt`` (and ``_U``, ``_Ut`` when U is not the identity on the flattened measurement) and
+may override ``_H``, ``_Ht``, ``_H_pinv`` with direct formulas.
 The public methods validate their input and follow its dtype and device.
 """
 import math
@@ -77,6 +78,12 @@ class SVDOperator:
         return f"{type(self).__name__}({self.spec()})"
 
     # ------------------------------------------------------------------ generic derived forms
+    def _Ut(self, y):
+        return y.reshape(y.shape[0], -1)
+
+    def _U(self, w):
+        return w.reshape(w.shape[0], *self.measurement_shape)
+
     def _H(self, x):
         return self._U(self._factor("singulars", x) * self._Vt(x)[:, :self.rank])
 
@@ -155,6 +162,16 @@ def check_image_size(image_size):
     if height < 1 or width < 1 or (height, width) != tuple(image_size):
         raise ValueError(f"image_size must be two positive integers (H, W), got {image_size!r}")
     return height, width
+
+
+def check_factor(factor, height, width):
+    """A positive integer factor dividing both sides, or ValueError."""
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"the super-resolution factor must be a positive integer, got {factor!r}")
+    if height % factor or width % factor:
+        raise ValueError(f"the factor {factor} must divide the image size {height}x{width}; "
+                         f"crop or pad the image to multiples of {factor}")
+    return factor
 
 
 def check_channels(channels):

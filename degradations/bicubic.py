@@ -10,7 +10,7 @@ is (the smallest is about 0.17), so by default H is exactly this filter.
 """
 import torch
 
-from .base import check_channels, check_image_size
+from .base import check_channels, check_factor, check_image_size
 from .separable import SeparableOperator
 
 
@@ -20,12 +20,7 @@ class BicubicSR(SeparableOperator):
     def __init__(self, factor, channels=3, image_size=(256, 256), threshold=3e-2):
         height, width = check_image_size(image_size)
         check_channels(channels)
-        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-            raise ValueError(f"the super-resolution factor must be a positive integer, got {factor!r}")
-        if height % factor or width % factor:
-            raise ValueError(f"the factor {factor} must divide the image size {height}x{width}; "
-                             f"crop or pad the image to multiples of {factor}")
-        self.factor = factor
+        self.factor = check_factor(factor, height, width)
         super().__init__(bicubic_matrix(factor, height), bicubic_matrix(factor, width), channels,
                          threshold, f"sr_bicubic{factor}", {"threshold": threshold})
 

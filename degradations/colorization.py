@@ -34,12 +34,6 @@ class Colorization(SVDOperator):
         coefficients = z.reshape(z.shape[0], 3, -1)
         return (self._factor("pixel_basis", z) @ coefficients).reshape(z.shape[0], *self.input_shape)
 
-    def _Ut(self, y):
-        return y.reshape(y.shape[0], -1)
-
-    def _U(self, w):
-        return w.reshape(w.shape[0], *self.measurement_shape)
-
     def _H(self, x):
         gray = self._factor("weights", x) @ x.reshape(x.shape[0], 3, -1)
         return gray.reshape(x.shape[0], *self.measurement_shape)

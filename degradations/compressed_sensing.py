@@ -57,12 +57,6 @@ class WalshHadamardCS(SVDOperator):
         coefficients = z.index_select(1, self._index("inverse_order", z))
         return self._transform(coefficients.reshape(z.shape[0], *self.input_shape))
 
-    def _Ut(self, y):
-        return y.reshape(y.shape[0], -1)
-
-    def _U(self, w):
-        return w.reshape(w.shape[0], *self.measurement_shape)
-
     def _H(self, x):
         coefficients = self._transform(x).reshape(*x.shape[:2], -1)
         return coefficients.index_select(2, self._index("observed", x))

@@ -40,12 +40,6 @@ class Inpainting(SVDOperator):
         image = z.index_select(1, self._index("inverse_order", z))
         return image.reshape(z.shape[0], *self.input_shape)
 
-    def _Ut(self, y):
-        return y.reshape(y.shape[0], -1)
-
-    def _U(self, w):
-        return w.reshape(w.shape[0], *self.measurement_shape)
-
     def _H(self, x):
         pixels = x.reshape(*x.shape[:2], -1)
         return pixels.index_select(2, self._index("observed_pixels", x))

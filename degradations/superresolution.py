@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .base import SVDOperator, check_channels, check_image_size, orthogonal_completion
+from .base import SVDOperator, check_channels, check_factor, check_image_size, orthogonal_completion
 
 
 class SuperResolution(SVDOperator):
@@ -17,12 +17,7 @@ class SuperResolution(SVDOperator):
     def __init__(self, factor, channels=3, image_size=(256, 256)):
         channels = check_channels(channels)
         height, width = check_image_size(image_size)
-        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-            raise ValueError(f"the super-resolution factor must be a positive integer, got {factor!r}")
-        if height % factor or width % factor:
-            raise ValueError(f"the factor {factor} must divide the image size {height}x{width}; "
-                             f"crop or pad the image to multiples of {factor}")
-        self.factor = factor
+        self.factor = check_factor(factor, height, width)
         small = (channels, height // factor, width // factor)
         rank = small[0] * small[1] * small[2]
         super().__init__((channels, height, width), small,
@@ -43,12 +38,6 @@ class SuperResolution(SVDOperator):
         blocks = self._factor("block_basis", z) @ z.reshape(z.shape[0], r * r, -1)
         image = blocks.reshape(z.shape[0], r, r, channels, rows, cols).permute(0, 3, 4, 1, 5, 2)
         return image.reshape(z.shape[0], *self.input_shape)
-
-    def _Ut(self, y):
-        return y.reshape(y.shape[0], -1)
-
-    def _U(self, w):
-        return w.reshape(w.shape[0], *self.measurement_shape)
 
     def _H(self, x):
         return F.avg_pool2d(x, self.factor)

@@ -7,17 +7,15 @@ converted once to model units (×2, the model space being [-1, 1]). Bad input gi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 from ipsolve import __version__
+from ipsolve.cli_support import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, check_writable_folder, deferred_interrupt,
+                                 existing_file, image_size, natural_int, one_line, positive_int, resolve_device,
+                                 unit_float)
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 EXAMPLES = Path(__file__).parent / "examples"
 LAZY_COMMANDS = {  # imported only when run, so their dependencies never break restore / degrade
     # name: (module, add-arguments function, run function, one-line help)
@@ -36,7 +34,7 @@ def main(argv=None) -> int:
         code = args.run(args)
         return code if isinstance(code, int) else 0
     except (ValueError, OSError) as error:
-        print(f"ipsolve: error: {_one_line(error)}", file=sys.stderr)
+        print(f"ipsolve: error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("ipsolve: interrupted", file=sys.stderr)
@@ -81,37 +79,6 @@ def _import_command(name, module_name):
         raise ValueError(f"`ipsolve {name}` is unavailable: {error}") from None
 
 
-# ---------------------------------------------------------------- argument types
-
-def _positive_int(text):
-    return _number(text, int, lambda value: value >= 1, "a positive integer")
-
-
-def _natural_int(text):
-    return _number(text, int, lambda value: value >= 0, "a non-negative integer")
-
-
-def _unit_float(text):
-    return _number(text, float, lambda value: 0 <= value <= 1, "a number in [0, 1]")
-
-
-def _number(text, kind, valid, what):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-    if not valid(value):  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def _size(text):
-    height, sep, width = text.lower().partition("x")
-    if not (sep and height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
-        raise argparse.ArgumentTypeError(f"must be HxW in pixels, like 256x256, got {text!r}")
-    return int(height), int(width)
-
-
 # ---------------------------------------------------------------- restore
 
 RESTORE_EPILOG = """\
@@ -136,22 +103,22 @@ def _add_restore(commands):
     parser.add_argument("measurement", metavar="MEASUREMENT",
                         help="measurement image (made by `ipsolve degrade`), or `example[:sr4|inp]`")
     parser.add_argument("--task", help="operator name (deno, sr4, sr16, color, inp) when there is no sidecar")
-    parser.add_argument("--sigma-y", type=_unit_float, metavar="S",
+    parser.add_argument("--sigma-y", type=unit_float, metavar="S",
                         help="measurement noise in [0, 1] pixel units (model units are twice this)")
     parser.add_argument("--mask", metavar="PNG", help="inpainting mask, white = observed (without a sidecar)")
     parser.add_argument("--model", default="embedded",
                         help="embedded (default: 1x32x32 MNIST digits, shipped), celeba_hq, "
                         "gaussian:CxHxW (exact prior), a checkpoint file or a diffusers folder")
-    parser.add_argument("--outer", type=_positive_int, default=4, metavar="S", help="outer steps (default 4)")
-    parser.add_argument("--inner", type=_positive_int, default=5, metavar="I",
+    parser.add_argument("--outer", type=positive_int, default=4, metavar="S", help="outer steps (default 4)")
+    parser.add_argument("--inner", type=positive_int, default=5, metavar="I",
                         help="network calls per inner DDRM run (default 5)")
-    parser.add_argument("--budget", type=_positive_int, metavar="NFE",
+    parser.add_argument("--budget", type=positive_int, metavar="NFE",
                         help="stop after this many network calls, shortening the last inner run "
                         "(at least one inner run; default outer x inner)")
-    parser.add_argument("--eta", type=_unit_float, default=0.85, help="DDRM eta (default 0.85)")
-    parser.add_argument("--eta-b", type=_unit_float, default=1.0, help="DDRM eta_b (default 1.0)")
-    parser.add_argument("--seed", type=_natural_int, default=0, help="random seed (default 0)")
-    parser.add_argument("--batch", type=_positive_int, default=1, metavar="N", help="samples per input (a grid)")
+    parser.add_argument("--eta", type=unit_float, default=0.85, help="DDRM eta (default 0.85)")
+    parser.add_argument("--eta-b", type=unit_float, default=1.0, help="DDRM eta_b (default 1.0)")
+    parser.add_argument("--seed", type=natural_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     parser.add_argument("--vanilla", action="store_true",
@@ -176,7 +143,7 @@ def run_restore(args) -> int:
     start = time.perf_counter()
 
     def on_preview(preview):
-        with _deferred_interrupt() as pending:
+        with deferred_interrupt() as pending:
             folder.add_preview(preview, time.perf_counter() - start)
         progress.preview(preview.step)
         if pending:
@@ -192,7 +159,7 @@ def run_restore(args) -> int:
     finally:
         progress.close()
     nfe, elapsed_s = progress.done, time.perf_counter() - start
-    with _deferred_interrupt():
+    with deferred_interrupt():
         folder.finish(_run_record(args, source, model, measurement, device, nfe, interrupted, elapsed_s))
     if interrupted:
         kept = (f"kept preview {folder.previews[-1]['step']} as final.png" if folder.previews
@@ -208,14 +175,14 @@ def _restore_inputs(args):
     if args.budget is not None and args.budget < args.inner:
         raise ValueError(f"--budget {args.budget} is smaller than one inner run (--inner {args.inner})")
     source = _measurement_path(args.measurement)
-    mask = None if args.mask is None else str(_existing_file(args.mask, "mask"))
-    _check_writable_folder(args.out)
+    mask = None if args.mask is None else str(existing_file(args.mask, "mask"))
+    check_writable_folder(args.out)
 
     from ipsolve.measurement import read_measurement  # the checks above run before these slow imports
     from ipsolve.models import load_model
     from ipsolve.restore import check_model_fits, preview_marks
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     sigma_y = None if args.sigma_y is None else 2 * args.sigma_y
     measurement = read_measurement(source, task=args.task, sigma_y=sigma_y, mask=mask)
     model = load_model(args.model, device=device)
@@ -249,7 +216,7 @@ def _run_record(args, source, model, measurement, device, nfe, interrupted, elap
 def _measurement_path(name: str) -> Path:
     """The file `name`, or a shipped example: `example` (= example:sr4), `example:inp`, …"""
     if Path(name).exists() or not (name == "example" or name.startswith("example:")):
-        return _existing_file(name, "measurement")
+        return existing_file(name, "measurement")
     task = name.partition(":")[2] or "sr4"
     example = EXAMPLES / f"digit_{task}.png"
     if not Path(f"{example}.json").is_file():
@@ -257,45 +224,6 @@ def _measurement_path(name: str) -> Path:
                          for p in EXAMPLES.glob("digit_*.png.json"))
         raise ValueError(f"no shipped example {name!r}; there are: {', '.join(shipped) or 'none'}")
     return example
-
-
-def _existing_file(name: str, what: str) -> Path:
-    path = Path(name)
-    if not path.is_file():
-        problem = f"is a folder, not a {what} file" if path.is_dir() else f"no such {what} file"
-        raise FileNotFoundError(f"{name}: {problem}")
-    return path
-
-
-def _device(name):
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
-
-
-def _check_writable_folder(path) -> None:
-    """ValueError unless `path` is a folder we can write in, or one we can create; creates nothing."""
-    path = Path(path).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"cannot write to {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to {path}: {existing} is not writable")
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Hold Ctrl-C during a block so its files are complete; yields a list that is non-empty if it came."""
-    pending = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield pending
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------- degrade
@@ -308,12 +236,12 @@ def _add_degrade(commands):
         "(--gray makes a color image gray); colorization needs a color image.")
     parser.add_argument("image", metavar="IMAGE", help="clean image (PNG, JPEG, …)")
     parser.add_argument("--task", required=True, help="operator name: deno, sr4, sr16, color, inp, …")
-    parser.add_argument("--sigma-y", type=_unit_float, default=0.0, metavar="S",
+    parser.add_argument("--sigma-y", type=unit_float, default=0.0, metavar="S",
                         help="noise standard deviation in [0, 1] pixel units (model units are twice this; default 0)")
-    parser.add_argument("--seed", type=_natural_int, default=0, help="seed of the noise and the random inp mask")
+    parser.add_argument("--seed", type=natural_int, default=0, help="seed of the noise and the random inp mask")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="measurement image to write (.png)")
     parser.add_argument("--mask", metavar="PNG", help="inpainting mask, white = observed (default: random 50%%)")
-    parser.add_argument("--size", type=_size, metavar="HxW", help="resize the clean image first")
+    parser.add_argument("--size", type=image_size, metavar="HxW", help="resize the clean image first")
     parser.add_argument("--gray", action="store_true", help="convert the clean image to one gray channel")
     parser.set_defaults(run=run_degrade)
 
@@ -325,9 +253,9 @@ def run_degrade(args) -> int:
         raise ValueError(f"{output}: the measurement must be a .png file (lossless)")
     if output.is_dir():
         raise ValueError(f"{output} is a folder: name the measurement file to write")
-    _check_writable_folder(output.parent)
-    source = _existing_file(args.image, "image")
-    mask_path = None if args.mask is None else _existing_file(args.mask, "mask")
+    check_writable_folder(output.parent)
+    source = existing_file(args.image, "image")
+    mask_path = None if args.mask is None else existing_file(args.mask, "mask")
     if mask_path is not None and not args.task.startswith("inp"):
         raise ValueError(f"--mask is for inpainting (inp), not {args.task!r}")
 
@@ -345,10 +273,3 @@ def run_degrade(args) -> int:
     print(f"{output}: {op.name} measurement of a {'x'.join(map(str, image.shape))} image, "
           f"sigma_y {args.sigma_y} pixel = {2 * args.sigma_y} model units")
     return 0
-
-
-def _one_line(error: Exception) -> str:
-    if isinstance(error, OSError) and error.strerror and error.filename:
-        return f"{error.filename}: {error.strerror}"
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

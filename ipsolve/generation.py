@@ -122,7 +122,7 @@ a checkpoint or a diffusers folder (see docs/generation.md). Ctrl-C keeps the la
 
 def add_generate_arguments(parser):
     """The options of `ipsolve generate`."""
-    from ipsolve.cli import _natural_int, _positive_int
+    from ipsolve.cli_support import natural_int, positive_int
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = GENERATE_EPILOG
@@ -131,19 +131,19 @@ def add_generate_arguments(parser):
                         "or a diffusers folder")
     condition = parser.add_mutually_exclusive_group()
     condition.add_argument("--prompt", help="text prompt (Stable Diffusion)")
-    condition.add_argument("--class", dest="class_label", type=_natural_int, metavar="N",
+    condition.add_argument("--class", dest="class_label", type=natural_int, metavar="N",
                            help="class label (DiT: ImageNet class 0…999)")
-    parser.add_argument("--outer", type=_positive_int, default=4, metavar="S", help="outer steps (default 4)")
-    parser.add_argument("--inner", type=_positive_int, default=20, metavar="I",
+    parser.add_argument("--outer", type=positive_int, default=4, metavar="S", help="outer steps (default 4)")
+    parser.add_argument("--inner", type=positive_int, default=20, metavar="I",
                         help="network calls per inner run (default 20)")
-    parser.add_argument("--n", type=_positive_int, default=4, metavar="N", help="candidates (default 4)")
-    parser.add_argument("--seed", type=_natural_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--n", type=positive_int, default=4, metavar="N", help="candidates (default 4)")
+    parser.add_argument("--seed", type=natural_int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--guidance", type=_guidance_scale, metavar="W",
                         help="classifier-free guidance scale (default: 7.5 for Stable Diffusion, 1.5 for DiT)")
     parser.add_argument("--inner-sampler", choices=INNER_SAMPLERS,
                         help="inner sampler (default: ddim for Stable Diffusion and pixel models, ddpm for DiT)")
-    parser.add_argument("--budget", type=_positive_int, metavar="NFE", help="stop after this many network calls")
+    parser.add_argument("--budget", type=positive_int, metavar="NFE", help="stop after this many network calls")
     parser.add_argument("--pick", action="append", default=[], metavar="K:I,J",
                         help="after outer step K keep candidates I, J, … (repeatable)")
     parser.add_argument("--picks", metavar="FILE", help='JSON file of picks, like {"2": [0, 3]}')
@@ -169,16 +169,16 @@ def _guidance_scale(text):
 
 def run_generate_command(args) -> int:
     """Validate everything, then sample, writing every preview as it comes; return the exit code."""
-    from ipsolve.cli import EXIT_INTERRUPTED, _check_writable_folder, _deferred_interrupt, _device
+    from ipsolve.cli_support import EXIT_INTERRUPTED, check_writable_folder, deferred_interrupt, resolve_device
     from ipsolve.models import load_model
     from ipsolve.run_folder import RunFolder
 
     if args.interactive and not sys.stdin.isatty():
         raise ValueError("--interactive needs a terminal on stdin; in scripts use --pick or --picks")
     picks = merge_picks(parse_pick_rules(args.pick), load_picks(args.picks) if args.picks else {})
-    _check_writable_folder(args.out)
+    check_writable_folder(args.out)
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.model, device=device)
     family = model_family(model)
     cond, encode, parse_cond, schedule = _conditioning(args, model, family)
@@ -201,7 +201,7 @@ def run_generate_command(args) -> int:
         try:
             for preview in run:
                 images = to_images(model, preview.x0)
-                with _deferred_interrupt() as pending:
+                with deferred_interrupt() as pending:
                     # RunFolder writes model-space images: hand it the shown images mapped back.
                     folder.add_preview(SimpleNamespace(x0=2 * images - 1, step=preview.step, nfe=preview.nfe),
                                        time.perf_counter() - start)
@@ -214,7 +214,7 @@ def run_generate_command(args) -> int:
         finally:
             progress.close()
     record = _run_record(args, model, family, run, feedback, str(device), interrupted, time.perf_counter() - start)
-    with _deferred_interrupt():
+    with deferred_interrupt():
         folder.finish(record)
     if interrupted:
         print(f"ipsolve: interrupted after NFE {run.nfe}: "

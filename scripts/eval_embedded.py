@@ -1,6 +1,6 @@
 """Evaluate the embedded MNIST model: a sample grid and DDRM restoration PSNR on held-out digits.
 
-    python scripts/eval_embedded.py            # 64 samples (DDIM, 100 steps) + PSNR on mnist32("test")[:200]
+    python scripts/eval_embedded.py            # 64 samples (DDPM, 100 steps) + PSNR on mnist32("test")[:200]
 
 Tasks (noise in model units [−1, 1]; pixel units [0, 1] are half): deno σ_y = 0.2 (pixel 0.1),
 sr4 and inp (random 50 % of pixels) σ_y = 0.05 (pixel 0.025). DDRM: 20 NFEs (DDRM's grid), η = 0.85,
@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"deno": 0.2, "sr4": 0.05, "inp": 0.05}  # task → σ_y in model units
 
 
-def sample_grid(model, count: int, steps: int, path: Path, seed: int) -> None:
+def sample_grid(model, count: int, sampler: str, steps: int, path: Path, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn(count, *model.image_shape, generator=generator)
+    timesteps = solvers.linspace_timesteps(0, len(model.alphas_cumprod) - 1, steps)
     with torch.inference_mode():
-        x0 = solvers.ddim(model, x_T, solvers.linspace_timesteps(0, 999, steps))
+        x0 = getattr(solvers, sampler)(model, x_T, timesteps, generator=generator)
     save_grid(from_model(x0.clamp(-1, 1)), path, nrow=8)
 
 
@@ -57,6 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=200, help="first N held-out digits")
     parser.add_argument("--nfe", type=int, default=20)
     parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddpm")
     parser.add_argument("--sample-steps", type=int, default=100)
     parser.add_argument("--grid", type=Path, default=ROOT / "docs" / "images" / "embedded_samples.png")
     parser.add_argument("--seed", type=int, default=0)
@@ -67,8 +69,8 @@ def main(argv=None) -> None:
 
     model = load_model("embedded")
     start = time.perf_counter()
-    sample_grid(model, args.samples, args.sample_steps, args.grid, args.seed)
-    print(f"{args.samples} samples (DDIM, {args.sample_steps} steps) -> {args.grid} "
+    sample_grid(model, args.samples, args.sampler, args.sample_steps, args.grid, args.seed)
+    print(f"{args.samples} samples ({args.sampler}, {args.sample_steps} steps) -> {args.grid} "
           f"({time.perf_counter() - start:.0f} s)")
 
     images = torch.from_numpy(mnist32("test")[: args.images])

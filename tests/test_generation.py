@@ -16,39 +16,8 @@ from ipsolve.feedback import Feedback  # noqa: E402
 from ipsolve.generation import generate  # noqa: E402
 from ipsolve.guidance import guided  # noqa: E402
 from ipsolve.imageio import load_image  # noqa: E402
-from ipsolve.models.latent import load_latent_model  # noqa: E402
-from tiny_pipelines import write_dit, write_stable_diffusion  # noqa: E402
 
 TILE, PAD = 16, 2  # decoded tiny images are 16×16; save_grid pads by 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The networks are tiny: one thread avoids the cost of OpenMP threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    return str(write_stable_diffusion(tmp_path_factory.mktemp("sd")))
-
-
-@pytest.fixture(scope="module")
-def dit_folder(tmp_path_factory):
-    return str(write_dit(tmp_path_factory.mktemp("dit")))
-
-
-@pytest.fixture(scope="module")
-def sd(sd_folder):
-    return load_latent_model(sd_folder)
-
-
-@pytest.fixture(scope="module")
-def dit(dit_folder):
-    return load_latent_model(dit_folder)
 
 
 def seeded(seed=0):

@@ -16,38 +16,8 @@ from ipsolve.models import load_model  # noqa: E402
 from ipsolve.models.dit import DiT  # noqa: E402
 from ipsolve.models.latent import load_latent_model  # noqa: E402
 from ipsolve.models.stable_diffusion import StableDiffusion  # noqa: E402
-from tiny_pipelines import write_dit, write_stable_diffusion  # noqa: E402
 
 T = torch.tensor([999, 500, 20])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The networks are tiny: one thread avoids the cost of OpenMP threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    return str(write_stable_diffusion(tmp_path_factory.mktemp("sd")))
-
-
-@pytest.fixture(scope="module")
-def dit_folder(tmp_path_factory):
-    return str(write_dit(tmp_path_factory.mktemp("dit")))
-
-
-@pytest.fixture(scope="module")
-def sd(sd_folder):
-    return load_latent_model(sd_folder)
-
-
-@pytest.fixture(scope="module")
-def dit(dit_folder):
-    return load_latent_model(dit_folder)
 
 
 def latents(batch=3, seed=0):

@@ -1,4 +1,6 @@
-
-from .unet import DDPMUNet
+"""ε-models: the DDPM UNet of DDRM/SDEdit checkpoints, loaders, exact priors, the embedded default."""
 from .loading import load_model
 from .priors import GaussianMixturePrior, GaussianPrior
+from .unet import DDPMUNet
+
+__all__ = ["DDPMUNet", "GaussianMixturePrior", "GaussianPrior", "load_model"]

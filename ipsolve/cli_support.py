@@ -1,0 +1,90 @@
+"""Pieces shared by the `ipsolve` subcommands: argument types, input checks, device choice, Ctrl-C.
+
+Every check raises ValueError / OSError / argparse.ArgumentTypeError with a one-line message; the command
+line turns those into `ipsolve: error: …` and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def positive_int(text):
+    return number(text, int, lambda value: value >= 1, "a positive integer")
+
+
+def natural_int(text):
+    return number(text, int, lambda value: value >= 0, "a non-negative integer")
+
+
+def unit_float(text):
+    return number(text, float, lambda value: 0 <= value <= 1, "a number in [0, 1]")
+
+
+def number(text, kind, valid, what):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not valid(value):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def image_size(text):
+    height, sep, width = text.lower().partition("x")
+    if not (sep and height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise argparse.ArgumentTypeError(f"must be HxW in pixels, like 256x256, got {text!r}")
+    return int(height), int(width)
+
+
+def existing_file(name: str, what: str) -> Path:
+    path = Path(name)
+    if not path.is_file():
+        problem = f"is a folder, not a {what} file" if path.is_dir() else f"no such {what} file"
+        raise FileNotFoundError(f"{name}: {problem}")
+    return path
+
+
+def resolve_device(name):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def check_writable_folder(path) -> None:
+    """ValueError unless `path` is a folder we can write in, or one we can create; creates nothing."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"cannot write to {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to {path}: {existing} is not writable")
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C during a block so its files are complete; yields a list that is non-empty if it came."""
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield pending
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def one_line(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
