@@ -7,6 +7,7 @@ out so far stay valid).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,8 @@ def preview_marks(outer: int, inner: int, budget: int | None = None) -> list[int
     """NFE counts at which Nested Diffusion hands out an anytime image: after each inner run of `inner`
     calls; a `budget` shortens the last inner run that fits and drops the rest."""
     check_schedule(outer, inner, budget)
-    total = outer * inner if budget is None else min(budget, outer * inner)
-    return sorted({min(inner * step, total) for step in range(1, outer + 1)})
+    counts = [inner] * outer if budget is None else solvers.cut_to_budget([inner] * outer, budget)
+    return list(itertools.accumulate(counts))
 
 
 def check_schedule(outer: int, inner: int, budget: int | None = None) -> None:

@@ -10,11 +10,11 @@ from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .nested import NestedRun, Preview, nested
-from .timesteps import (ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps, linspace_timesteps,
-                        outer_timesteps, sd_inner_timesteps, sd_outer_timesteps)
+from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
+                        linspace_timesteps, outer_timesteps, sd_inner_timesteps, sd_outer_timesteps)
 
 __all__ = [
     "ddim", "ddpm", "ddrm", "ddrm_init", "dpm_solver", "nested", "NestedRun", "Preview", "ddrm_timesteps",
     "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
-    "inner_step_counts", "linspace_timesteps",
+    "inner_step_counts", "linspace_timesteps", "cut_to_budget",
 ]

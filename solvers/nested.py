@@ -22,7 +22,8 @@ from .ddim import ddim
 from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
-from .timesteps import ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps, outer_timesteps
+from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
+                        outer_timesteps)
 
 INNER_SAMPLERS = {"ddrm": ddrm, "ddim": ddim, "ddpm": ddpm, "dpm_solver": dpm_solver}
 INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddim": {"eta"}, "ddpm": {"variance"},
@@ -178,7 +179,7 @@ def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, in
     if budget is not None:
         if budget < 1:
             raise ValueError(f"budget must be at least 1 model call, got {budget}")
-        counts = _cut_to_budget(counts, budget)
+        counts = cut_to_budget(counts, budget)
     grid_of = inner_grid or DEFAULT_INNER_GRIDS[inner]
     grids = [check_timesteps(grid_of(t, count), model) for t, count in zip(outer_grid, counts)]
     for t, count, grid in zip(outer_grid, counts, grids):
@@ -196,13 +197,3 @@ def _inner_counts(inner_steps, outer_steps, schedule):
     if len(counts) != outer_steps or min(counts) < 1:
         raise ValueError(f"inner_steps {counts} must give one count ≥ 1 for each of the {outer_steps} outer steps")
     return counts
-
-
-def _cut_to_budget(counts, budget):
-    cut, left = [], budget
-    for count in counts:
-        if left == 0:
-            break
-        cut.append(min(count, left))
-        left -= cut[-1]
-    return cut

@@ -88,3 +88,15 @@ def inner_step_counts(total: int, outer_steps: int, schedule: str = "uniform") -
 def _check_count(name, count, most):
     if not 1 <= count <= most:
         raise ValueError(f"{name} must lie in 1…{most}, got {count}")
+
+
+def cut_to_budget(counts: list[int], budget: int) -> list[int]:
+    """Inner-run lengths that fit a total of `budget` calls: runs in order, the last one that starts
+    shortened to what is left, the rest dropped (25 over [10, 10, 10] → [10, 10, 5])."""
+    cut, left = [], budget
+    for count in counts:
+        if left == 0:
+            break
+        cut.append(min(count, left))
+        left -= cut[-1]
+    return cut
