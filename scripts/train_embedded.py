@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     max_steps = args.max_steps or train["max_steps"]
 
     data = torch.from_numpy(mnist32("train")) * 2 - 1
-    alphas_cumprod = alphas_cumprod_from_betas(betas_from_config(config["diffusion"]))
+    alphas_cumprod = alphas_cumprod_from_betas(betas_from_config(config["diffusion"])).float()
     net = DDPMUNet.from_config(config["model"], image_size=config["data"]["image_size"])
     ema = DDPMUNet.from_config(config["model"], image_size=config["data"]["image_size"])
     ema.load_state_dict(net.state_dict())

@@ -107,7 +107,6 @@ def test_diffusers_unet_folder(tmp_path):
 
 
 def test_gaussian_prior_by_name():
-    pytest.importorskip("ipsolve.models.priors")
     prior = load_model("gaussian:1x2x3")
     x = torch.randn(4, 1, 2, 3)
     t = torch.tensor([0, 10, 500, 999])
