@@ -13,6 +13,7 @@ ln(FID) against the number of network evaluations, by the trapezoid rule over th
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import platform
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import ipsolve
 from ipsolve import metrics
@@ -53,21 +55,19 @@ def summarise(config, layout, records: list[dict], device) -> list[dict]:
         reference = metrics.image_features([layout.clean(i) for i in range(count)], extractor,
                                            mode=config.fid_mode, device=device)
     rows = []
-    for task in config.tasks:
-        for method in config.methods:
-            for budget in config.budgets:
-                group = [r for r in records
-                         if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
-                fid = kid = math.nan
-                if fid_enabled:
-                    files = [layout.output(task.name, method.name, budget, i) for i in range(count)]
-                    features = metrics.image_features(files, extractor, mode=config.fid_mode, device=device)
-                    fid = metrics.fid_from_features(features, reference)
-                    kid = metrics.kid_from_features(features, reference)
-                rows.append({"task": task.name, "method": method.name, "budget": budget,
-                             "nfe": group[0]["nfe"], "images": len(group),
-                             "psnr": float(np.mean([r["psnr"] for r in group])),
-                             "lpips": float(np.mean([r["lpips"] for r in group])), "fid": fid, "kid": kid})
+    groups = list(itertools.product(config.tasks, config.methods, config.budgets))
+    for task, method, budget in tqdm(groups, desc="FID / KID", unit="set", disable=not fid_enabled):
+        group = [r for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
+        fid = kid = math.nan
+        if fid_enabled:
+            files = [layout.output(task.name, method.name, budget, i) for i in range(count)]
+            features = metrics.image_features(files, extractor, mode=config.fid_mode, device=device)
+            fid = metrics.fid_from_features(features, reference)
+            kid = metrics.kid_from_features(features, reference)
+        rows.append({"task": task.name, "method": method.name, "budget": budget,
+                     "nfe": group[0]["nfe"], "images": len(group),
+                     "psnr": float(np.mean([r["psnr"] for r in group])),
+                     "lpips": float(np.mean([r["lpips"] for r in group])), "fid": fid, "kid": kid})
     return rows
 
 
