@@ -9,7 +9,6 @@ writes (atomically) a resumable training state and exports the EMA weights and t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 from tqdm import tqdm
 
 from ipsolve.datasets import cache_dir, mnist32
+from ipsolve.models.loading import file_sha256
 from ipsolve.models.schedules import alphas_cumprod_from_betas, betas_from_config
 from ipsolve.models.unet import DDPMUNet
 
@@ -35,18 +35,12 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export(ema: DDPMUNet, config: dict, stats: dict, weights: Path) -> None:
     """Write the EMA weights (fp32 state_dict) and the YAML record next to them."""
     atomic_save({k: v.detach().clone() for k, v in ema.state_dict().items()}, weights)
-    record = dict(config, weights={"file": weights.name, "sha256": sha256_of(weights),
+    record = dict(config, weights={"file": weights.name, "sha256": file_sha256(weights),
                                    "size_bytes": weights.stat().st_size,
                                    "num_parameters": sum(p.numel() for p in ema.parameters())},
                   results=stats)

@@ -6,6 +6,7 @@ from torch.distributions import MultivariateNormal
 
 import degradations
 from ipsolve.models import GaussianMixturePrior, GaussianPrior
+from _moments import assert_moments
 from _toy_ops import (linear_alphas_cumprod, mixture_moments, random_dense_operator, random_gaussian_prior,
                       two_component_prior)
 
@@ -101,14 +102,6 @@ def test_noiseless_posterior_is_consistent_with_the_measurement():
     torch.testing.assert_close(op.H(draws[:, 0]), y.expand(50, -1, -1, -1), rtol=0, atol=1e-6)
     assert post.covariance[0].diagonal().min() > 1e-4  # the null space stays uncertain
 
-
-def assert_moments(draws, mean, cov):
-    """Sample mean and covariance within 4 Monte-Carlo standard errors of the exact values, entry by entry."""
-    n = draws.shape[0]
-    var = cov.diagonal()
-    z_mean = (draws.mean(0) - mean) / (var / n).sqrt()
-    z_cov = (torch.cov(draws.T) - cov) / ((var[:, None] * var[None] + cov**2) / n).sqrt()
-    assert z_mean.abs().max() < 4 and z_cov.abs().max() < 4, (z_mean.abs().max(), z_cov.abs().max())
 
 
 def test_prior_and_posterior_samples_have_the_exact_moments():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import solvers
+from _moments import assert_moments
 from _toy_ops import Recorder, linear_alphas_cumprod, mixture_moments, random_gaussian_prior, two_component_prior
 
 GRID = solvers.inner_timesteps(999, 12)
@@ -125,14 +126,6 @@ def test_ode_solvers_converge_to_the_closed_form_solution_at_their_order(prior, 
     assert errors[1] < (0.03 if order == 1 else 3e-3)
     assert errors[0] / errors[1] > 0.6 * (len(fine) / len(coarse)) ** order  # the error falls as h^order
 
-
-def assert_moments(draws, mean, cov):
-    """Sample mean and covariance within 4 Monte-Carlo standard errors of the exact values, entry by entry."""
-    n = draws.shape[0]
-    var = cov.diagonal()
-    z_mean = (draws.mean(0) - mean) / (var / n).sqrt()
-    z_cov = (torch.cov(draws.T) - cov) / ((var[:, None] * var[None] + cov**2) / n).sqrt()
-    assert z_mean.abs().max() < 4 and z_cov.abs().max() < 4, (z_mean.abs().max(), z_cov.abs().max())
 
 
 @pytest.mark.parametrize("sample", [
