@@ -64,6 +64,16 @@ def call_model(model, x: torch.Tensor, t: int, cond=None):
     return out, None
 
 
+def denoise(model, x: torch.Tensor, t: int, cond, nfe: int, callback):
+    """One model call at t → (ε̂, v, ᾱ_t, x̂₀), v the learned-variance channels or None; reports the call
+    to `callback` as call number `nfe`."""
+    eps, v = call_model(model, x, t, cond)
+    a = alpha_bar(model, t, x)
+    x0 = predict_x0(x, eps, a)
+    report(callback, nfe, t, x, x0)
+    return eps, v, a, x0
+
+
 def ddim_step(x0, eps, a, a_next, eta: float, draw):
     """x_{t'} = √ᾱ' x̂₀ + √(1−ᾱ'−σ²) ε̂ + σ z with σ = η √((1−ᾱ')/(1−ᾱ)) √(1−ᾱ/ᾱ').
 

@@ -1,7 +1,7 @@
 """DDIM (Song et al. 2021): deterministic for η = 0, DDPM-like for η = 1."""
 from __future__ import annotations
 
-from .common import alpha_bar, call_model, check_timesteps, ddim_step, noise_drawer, predict_x0, report, with_next
+from .common import alpha_bar, check_timesteps, ddim_step, denoise, noise_drawer, with_next
 
 
 def ddim(model, x_T, timesteps, eta: float = 0.0, noise=None, generator=None, callback=None, cond=None):
@@ -15,9 +15,6 @@ def ddim(model, x_T, timesteps, eta: float = 0.0, noise=None, generator=None, ca
     draw = noise_drawer(noise, generator)
     x = x_T
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
-        eps, _ = call_model(model, x, t, cond)
-        a, a_next = alpha_bar(model, t, x), alpha_bar(model, t_next, x)
-        x0 = predict_x0(x, eps, a)
-        report(callback, nfe, t, x, x0)
-        x = ddim_step(x0, eps, a, a_next, eta, draw)
+        eps, _, a, x0 = denoise(model, x, t, cond, nfe, callback)
+        x = ddim_step(x0, eps, a, alpha_bar(model, t_next, x), eta, draw)
     return x

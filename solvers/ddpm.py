@@ -1,7 +1,7 @@
 """Ancestral DDPM sampling (Ho et al. 2020) on any descending grid, with fixed or learned variance."""
 from __future__ import annotations
 
-from .common import alpha_bar, call_model, check_timesteps, noise_drawer, predict_x0, report, with_next
+from .common import alpha_bar, check_timesteps, denoise, noise_drawer, with_next
 
 VARIANCES = ("fixedsmall", "fixedlarge", "learned")
 
@@ -25,11 +25,9 @@ def ddpm(model, x_T, timesteps, variance: str | None = None, noise=None, generat
     draw = noise_drawer(noise, generator)
     x = x_T
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
-        eps, v = call_model(model, x, t, cond)
-        a, a_next = alpha_bar(model, t, x), alpha_bar(model, t_next, x)
-        x0 = predict_x0(x, eps, a)
-        report(callback, nfe, t, x, x0)
+        _, v, a, x0 = denoise(model, x, t, cond, nfe, callback)
         if t_next >= 0:
+            a_next = alpha_bar(model, t_next, x)
             beta = 1 - a / a_next
             mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x) / (1 - a)
             log_var = _log_variance(variance, beta, beta * (1 - a_next) / (1 - a), v)

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .common import alpha_bar, call_model, check_timesteps, noise_drawer, predict_x0, report, with_next
+from .common import alpha_bar, check_timesteps, denoise, noise_drawer, with_next
 
 
 class SpectralMeasurement:
@@ -45,10 +45,8 @@ def ddrm(model, y, op, sigma_y, timesteps, eta: float = 0.85, eta_b: float = 1.0
     meas = SpectralMeasurement(y, op, sigma_y)
     x = _y_aware_init(meas, alpha_bar(model, steps[0], y), draw) if x_T is None else x_T
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
-        eps, _ = call_model(model, x, t, cond)
-        a, a_next = alpha_bar(model, t, x), alpha_bar(model, t_next, x)
-        x0 = predict_x0(x, eps, a)
-        report(callback, nfe, t, x, x0)
+        eps, _, _, x0 = denoise(model, x, t, cond, nfe, callback)
+        a_next = alpha_bar(model, t_next, x)
         x_bar = _step(meas, op.Vt(x0), op.Vt(eps), ((1 - a_next) / a_next).sqrt(), eta, eta_b, draw)
         x = a_next.sqrt() * op.V(x_bar)
     return x

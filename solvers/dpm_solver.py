@@ -6,7 +6,7 @@ combination of two x̂₀ predictions. The solver is deterministic.
 """
 from __future__ import annotations
 
-from .common import alpha_bar, call_model, check_timesteps, predict_x0, report
+from .common import alpha_bar, check_timesteps, denoise
 
 VARIANTS = ("2M", "2S")
 
@@ -32,7 +32,7 @@ def dpm_solver(model, x_T, timesteps, order: int = 2, variant: str = "2M", noise
 def _multistep(model, x, steps, order, callback, cond):
     previous = None  # (λ, x̂₀) of the previous model call
     for nfe, t in enumerate(steps, start=1):
-        a, x0 = _denoise(model, x, t, cond, nfe, callback)
+        _, _, a, x0 = denoise(model, x, t, cond, nfe, callback)
         if nfe == len(steps):
             return x0
         a_next = alpha_bar(model, steps[nfe], x)
@@ -46,26 +46,17 @@ def _multistep(model, x, steps, order, callback, cond):
 
 def _singlestep(model, x, steps, order, callback, cond):
     for start in range(0, len(steps), 2):
-        a, x0_start = _denoise(model, x, steps[start], cond, start + 1, callback)
+        _, _, a, x0_start = denoise(model, x, steps[start], cond, start + 1, callback)
         if start + 1 == len(steps):
             return x0_start
         a_mid = alpha_bar(model, steps[start + 1], x)
-        _, x0_mid = _denoise(model, _first_order(x, a, a_mid, x0_start), steps[start + 1], cond, start + 2,
+        *_, x0_mid = denoise(model, _first_order(x, a, a_mid, x0_start), steps[start + 1], cond, start + 2,
                              callback)
         if start + 2 == len(steps):
             return x0_mid
         a_next = alpha_bar(model, steps[start + 2], x)
         r = (_lam(a_mid) - _lam(a)) / (_lam(a_next) - _lam(a))
         x = _first_order(x, a, a_next, (1 - 1 / (2 * r)) * x0_start + x0_mid / (2 * r))
-
-
-def _denoise(model, x, t, cond, nfe, callback):
-    """One model call at t → (ᾱ_t, x̂₀); reports it to the callback."""
-    eps, _ = call_model(model, x, t, cond)
-    a = alpha_bar(model, t, x)
-    x0 = predict_x0(x, eps, a)
-    report(callback, nfe, t, x, x0)
-    return a, x0
 
 
 def _lam(a):
