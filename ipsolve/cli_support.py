@@ -44,6 +44,29 @@ def image_size(text):
     return int(height), int(width)
 
 
+def folder_name(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string (use . for the current folder)")
+    return text
+
+
+def device_name(text):
+    """cpu, cuda or cuda:N, checked against the devices this machine has."""
+    import torch
+
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available here; use cpu")
+        if index and int(index) >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s), "
+                                             f"cuda:0 to cuda:{count - 1}")
+    return text
+
+
 def existing_file(name: str, what: str) -> Path:
     path = Path(name)
     if not path.is_file():
@@ -53,12 +76,11 @@ def existing_file(name: str, what: str) -> Path:
 
 
 def resolve_device(name):
+    """The torch device called `name` (already checked by `device_name`); None → cuda when available."""
     import torch
 
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
     return torch.device(name)
 
 

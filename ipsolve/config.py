@@ -27,7 +27,13 @@ def read_yaml(path) -> dict:
     if not path.is_file():
         raise ValueError(f"{path} is not a file: give the path of a YAML config")
     with open(path) as file:
-        data = yaml.safe_load(file)
+        try:
+            data = yaml.safe_load(file)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(error, "problem", None) or "not valid YAML"
+            raise ValueError(f"{path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a YAML mapping (key: value lines)")
     return data

@@ -28,6 +28,7 @@ import ipsolve
 from ipsolve import metrics
 from ipsolve.imageio import atomic_path
 
+REPORT_FILES = ("per_image.csv", "results.csv", "table.md", "curves.png", "results.json")
 PER_IMAGE_COLUMNS = ("task", "method", "budget", "nfe", "index", "source", "psnr", "lpips")
 RESULT_COLUMNS = ("task", "method", "budget", "nfe", "images", "psnr", "lpips", "fid", "kid")
 
@@ -91,7 +92,7 @@ def write_csv(path: Path, rows: list[dict], columns) -> None:
         writer.writerows(rows)
 
 
-def markdown_table(rows: list[dict], aucs: dict, config, model_name: str) -> str:
+def markdown_table(rows: list[dict], aucs: dict, config, model_name: str, lpips_note: str = "") -> str:
     """Table-2-style markdown: for each metric, tasks × methods against the NFE budgets."""
     budgets = sorted({r["budget"] for r in rows})
     header = "| task | method | " + " | ".join(f"{b} NFE" for b in budgets) + " |"
@@ -116,7 +117,7 @@ def markdown_table(rows: list[dict], aucs: dict, config, model_name: str) -> str
               f"mode {config.fid_mode}). A cell marked * made a different number of network calls than its "
               "budget (vanilla DDRM's grid makes 31 calls for 30). Noise: "
               + ", ".join(f"{t.name} sigma_y = {t.sigma_y_pixel} pixel = {t.sigma_y_model} model units"
-                          for t in config.tasks) + ".", ""]
+                          for t in config.tasks) + "." + lpips_note, ""]
     return "\n".join(lines)
 
 
@@ -164,13 +165,23 @@ def git_sha() -> str | None:
     return result.stdout.strip() or None
 
 
-def metadata(config, images: list[Path], model_name: str, shape: tuple, workers) -> dict:
+def lpips_skipped_note(config, lpips_net: str | None, shape: tuple) -> str:
+    """Why LPIPS is missing although the config asks for it ("" when it is not)."""
+    if not config.lpips or lpips_net:
+        return ""
+    return (f" LPIPS ({config.lpips}) was skipped: its network cannot take {shape[1]}x{shape[2]} images "
+            f"(too small for its pooling layers).")
+
+
+def metadata(config, images: list[Path], model_name: str, shape: tuple, workers, lpips_net: str | None) -> dict:
     """Versions, data, seeds, noise units and metric backends of an evaluation."""
     fid = None if config.fid_mode is None else dict(metrics.fid_backend(config.fid_mode),
                                                     reference="the clean images (clean/)")
-    lpips = None if not config.lpips else {
-        "library": "lpips 0.1 (v0.1 linear layers)", "net": config.lpips,
-        "weights": str(metrics.lpips_weights_path(config.lpips)), "input": "[0, 1] clamped, gray repeated to RGB"}
+    if lpips_net:
+        lpips = {"library": "lpips 0.1 (v0.1 linear layers)", "net": lpips_net,
+                 "weights": str(metrics.lpips_weights_path(lpips_net)), "input": "[0, 1] clamped, gray repeated to RGB"}
+    else:
+        lpips = lpips_skipped_note(config, lpips_net, shape).strip() or None
     return {
         "versions": {"ipsolve": ipsolve.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version(), "git_sha": git_sha()},
@@ -190,9 +201,10 @@ def metadata(config, images: list[Path], model_name: str, shape: tuple, workers)
     }
 
 
-def write_report(config, layout, images: list[Path], model_name: str, shape: tuple, workers,
-                 computed: int, skipped: int) -> dict:
-    """Aggregate the per-image records of all ranks into the files listed in the module docstring."""
+def write_report(config, layout, images: list[Path], model_name: str, shape: tuple, workers, counts: dict,
+                 lpips_net: str | None) -> dict:
+    """Aggregate the per-image records of all ranks into the files listed in the module docstring;
+    `counts` (computed, reused, replaced) says how much of this run was new."""
     records = read_records(config, layout, len(images))
     for record in records:
         record["source"] = images[record["index"]].name
@@ -201,10 +213,11 @@ def write_report(config, layout, images: list[Path], model_name: str, shape: tup
     write_csv(layout.root / "per_image.csv", records, PER_IMAGE_COLUMNS)
     write_csv(layout.root / "results.csv", rows, RESULT_COLUMNS)
     with atomic_path(layout.root / "table.md") as tmp:
-        Path(tmp).write_text(markdown_table(rows, aucs, config, model_name))
+        Path(tmp).write_text(markdown_table(rows, aucs, config, model_name,
+                                            lpips_skipped_note(config, lpips_net, shape)))
     plot_curves(layout.root / "curves.png", rows, config)
-    report = dict(metadata(config, images, model_name, shape, workers), results=rows, log_fid_auc=aucs,
-                  images=len(images), computed=computed, skipped=skipped)
+    report = dict(metadata(config, images, model_name, shape, workers, lpips_net), results=rows,
+                  log_fid_auc=aucs, images=len(images), **counts)
     with atomic_path(layout.root / "results.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1, default=str, allow_nan=True))
     return report

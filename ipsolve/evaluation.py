@@ -8,15 +8,26 @@ Randomness: image i draws everything — its measurement noise, then the solver'
 generator seeded `seed * 1_000_003 + i`, so a result does not depend on the batch or on how the indices
 are sharded over processes (`torchrun --nproc-per-node K -m ipsolve eval …`: rank r takes i = r, r+K, …).
 
-Outputs in OUT (each file written atomically; a rerun skips every run whose outputs all exist):
+Batches: the indices of a process are cut into fixed batches of `batch_size` per run, so a resumed
+evaluation computes every image in the same batch as an uninterrupted one and gets the same numbers.
+
+Outputs in OUT (each file written atomically):
+    evaluation.json                         the config that made the folder (a different one is refused
+                                            unless `overwrite`, which first removes the old results)
     clean/00000.png                         the dataset image as evaluated (the FID reference set)
-    TASK/METHOD/nfe010/00000.png, .json     the output after 10 NFEs and its record (PSNR, LPIPS, NFE)
+    TASK/METHOD/nfe010/00000.png, .json     the output after 10 NFEs and its record (PSNR, LPIPS, NFE and
+                                            `key`, the fingerprint of what produced it)
     per_image.csv, results.csv, table.md, curves.png, results.json   (written by rank 0, see eval_report)
+
+Resuming: a stored output is reused only when its record's key equals the key of the work asked for now:
+the task and method parameters, the budget, the model's weights, the bytes of the source image, the
+image's seed, the LPIPS network and the ipsolve version. Anything else is recomputed (and counted).
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,8 +38,11 @@ from tqdm import tqdm
 
 import degradations
 import solvers
-from ipsolve import distributed, metrics
+import ipsolve
+from ipsolve import distributed, metrics, provenance
+from ipsolve.cli_support import check_writable_folder, device_name, folder_name, positive_int
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_config
+from ipsolve.folder_lock import folder_lock
 from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -68,6 +82,10 @@ class OutputLayout:
     def __init__(self, root):
         self.root = Path(root)
 
+    @property
+    def manifest(self) -> Path:
+        return self.root / "evaluation.json"
+
     def clean(self, index: int) -> Path:
         return self.root / "clean" / f"{index:05d}.png"
 
@@ -80,9 +98,16 @@ class OutputLayout:
     def record(self, task: str, method: str, budget: int, index: int) -> Path:
         return self.output(task, method, budget, index).with_suffix(".json")
 
-    def done(self, run: Run, index: int) -> bool:
-        return all(self.record(run.task.name, run.method.name, b, index).is_file()
-                   and self.output(run.task.name, run.method.name, b, index).is_file() for b in run.budgets)
+    def stored_key(self, run: Run, budget: int, index: int) -> str | None:
+        """The key of the stored result, or None when its image or record is missing or unreadable."""
+        names = (run.task.name, run.method.name, budget, index)
+        record = self.record(*names)
+        if not (record.is_file() and self.output(*names).is_file()):
+            return None
+        try:
+            return json.loads(record.read_text()).get("key")
+        except (ValueError, AttributeError):
+            return None
 
 
 def list_images(folder, limit: int | None = None) -> list[Path]:
@@ -158,30 +183,60 @@ def write_json(path: Path, data: dict) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
+def method_parameters(run: Run) -> dict:
+    """Everything about the solver of `run` that changes its outputs."""
+    method = run.method
+    return {"name": method.name, "eta": method.eta, "eta_b": method.eta_b, "eta_outer": method.eta_outer,
+            "split": run.split, "budgets": list(run.budgets)}
+
+
 class Evaluator:
-    """Computes and stores every (run, image) pair of this process's shard that is not on disk yet."""
+    """Computes and stores every (run, image) pair of this process's shard whose stored result is
+    missing or was produced by something else (see the module doc)."""
 
     def __init__(self, config: EvalConfig, model, images: list[Path], layout: OutputLayout,
-                 workers: distributed.Workers, shape: tuple):
+                 workers: distributed.Workers, shape: tuple, lpips_net: str | None):
         self.config, self.model, self.images, self.layout = config, model, images, layout
-        self.workers, self.shape = workers, shape
-        self.computed = self.skipped = 0
+        self.workers, self.shape, self.lpips_net = workers, shape, lpips_net
+        self.model_key = provenance.model_fingerprint(model)
+        self.computed = self.reused = self.replaced = 0
+        self._data_keys = {}
+
+    def key(self, run: Run, budget: int, index: int) -> str:
+        """The fingerprint of what produces the output of `run` at `budget` for image `index`."""
+        if index not in self._data_keys:
+            self._data_keys[index] = provenance.file_fingerprint(self.images[index])
+        return provenance.fingerprint({
+            "ipsolve": ipsolve.__version__, "model": self.model_key, "image_shape": list(self.shape),
+            "task": run.task.as_dict(), "method": method_parameters(run), "budget": budget,
+            "data": self._data_keys[index], "seed": distributed.image_seed(self.config.seed, index),
+            "lpips": self.lpips_net})
 
     def run_all(self) -> None:
         indices = list(self.workers.shard(len(self.images)))
         for index in indices:
             self._save_clean(index)
-        runs = plan_runs(self.config)
-        todo = [(run, [i for i in indices if not self.layout.done(run, i)]) for run in runs]
-        self.skipped = sum(len(indices) - len(pending) for _, pending in todo)
-        total = sum(len(pending) for _, pending in todo)
-        with tqdm(total=total, desc="eval", unit="image", disable=not self.workers.is_main) as bar:
-            for run, pending in todo:
-                op = self._operator(run.task)
-                for start in range(0, len(pending), self.config.batch_size):
-                    batch = pending[start:start + self.config.batch_size]
-                    self._run_batch(run, op, batch)
-                    bar.update(len(batch))
+        size = self.config.batch_size
+        todo = []  # (run, batch, the indices of the batch to store)
+        for run in plan_runs(self.config):
+            for start in range(0, len(indices), size):
+                batch = indices[start:start + size]
+                pending = [i for i in batch if not self._is_current(run, i)]
+                self.reused += len(batch) - len(pending)
+                if pending:
+                    todo.append((run, batch, pending))
+        with tqdm(total=sum(len(p) for _, _, p in todo), desc="eval", unit="image",
+                  disable=not self.workers.is_main) as bar:
+            for run, batch, pending in todo:
+                self._run_batch(run, self._operator(run.task), batch, pending)
+                bar.update(len(pending))
+
+    def _is_current(self, run: Run, index: int) -> bool:
+        stored = [self.layout.stored_key(run, budget, index) for budget in run.budgets]
+        if all(key == self.key(run, budget, index) for key, budget in zip(stored, run.budgets)):
+            return True
+        self.replaced += any(key is not None for key in stored)
+        return False
 
     def _operator(self, task: TaskConfig):
         channels, height, width = self.shape
@@ -193,30 +248,85 @@ class Evaluator:
         return op
 
     def _save_clean(self, index: int) -> None:
-        path = self.layout.clean(index)
-        if not path.is_file():
-            save_image(load_clean(self.images[index], self.shape), path)
+        """The FID reference image, always from the current data (a cheap, atomic rewrite)."""
+        save_image(load_clean(self.images[index], self.shape), self.layout.clean(index))
 
-    def _run_batch(self, run: Run, op, indices: list[int]) -> None:
+    def _run_batch(self, run: Run, op, batch: list[int], pending: list[int]) -> None:
+        """Solve the whole fixed `batch` (so its numbers never depend on what was resumed); store `pending`."""
         device = self.workers.device
-        clean = torch.stack([load_clean(self.images[i], self.shape) for i in indices]).to(device)
-        generators = [distributed.image_generator(self.config.seed, i) for i in indices]
+        clean = torch.stack([load_clean(self.images[i], self.shape) for i in batch]).to(device)
+        generators = [distributed.image_generator(self.config.seed, i) for i in batch]
         with torch.no_grad():
             results = solve(self.model, run, clean, op, generators)
         for budget, (x0, nfe) in results.items():
             restored = from_model(x0).clamp(0, 1)
             psnrs = metrics.psnr(restored, clean).tolist()
-            lpipses = (metrics.lpips_distance(restored, clean, net=self.config.lpips).tolist()
-                       if self.config.lpips else [math.nan] * len(indices))
-            for row, index in enumerate(indices):
+            lpipses = (metrics.lpips_distance(restored, clean, net=self.lpips_net).tolist()
+                       if self.lpips_net else [math.nan] * len(batch))
+            for row, index in enumerate(batch):
+                if index not in pending:
+                    continue
                 names = (run.task.name, run.method.name, budget, index)
                 save_image(restored[row], self.layout.output(*names))
                 write_json(self.layout.record(*names), {
                     "index": index, "source": self.images[index].name, "task": run.task.name,
                     "method": run.method.name, "budget": budget, "nfe": nfe, "split": run.split,
                     "seed": distributed.image_seed(self.config.seed, index),
-                    "psnr": psnrs[row], "lpips": lpipses[row]})
-        self.computed += len(indices)
+                    "psnr": psnrs[row], "lpips": lpipses[row], "key": self.key(run, budget, index)})
+        self.computed += len(pending)
+
+
+def lpips_network(config: EvalConfig, shape: tuple, device) -> str | None:
+    """The config's LPIPS network when it can take `shape` images, else None (the report says why)."""
+    if not config.lpips:
+        return None
+    probe = torch.zeros(1, *shape, device=device)
+    try:
+        metrics.lpips_distance(probe, probe, net=config.lpips)
+    except RuntimeError:
+        return None
+    return config.lpips
+
+
+def config_fingerprint(config: EvalConfig) -> str:
+    """The folder-level identity of an evaluation: everything in the config that changes a stored
+    result (the batch size and FID settings do not: FID is recomputed by every report)."""
+    return provenance.fingerprint({
+        "model": config.model, "tasks": [t.as_dict() for t in config.tasks], "budgets": list(config.budgets),
+        "methods": [{"name": m.name, "eta": m.eta, "eta_b": m.eta_b, "eta_outer": m.eta_outer,
+                     "splits": {str(b): list(s) for b, s in m.splits.items()}} for m in config.methods],
+        "seed": config.seed, "image_shape": config.image_shape, "lpips": config.lpips})
+
+
+def check_folder(layout: OutputLayout, config: EvalConfig, overwrite: bool) -> dict | None:
+    """The manifest of the earlier evaluation in the folder when it was made by another config, or None.
+
+    A folder made by another config is refused (ValueError) unless `overwrite`."""
+    if not layout.manifest.is_file():
+        return None
+    try:
+        earlier = json.loads(layout.manifest.read_text())
+        same = earlier["config"] == config_fingerprint(config)
+    except (ValueError, KeyError, TypeError):
+        earlier, same = {}, False
+    if same:
+        return None
+    if not overwrite:
+        made_by = earlier.get("config_file") or "an unreadable manifest"
+        raise ValueError(f"{layout.root} holds an evaluation made with another config ({made_by}): "
+                         f"pass --overwrite to replace its results, or choose another --out")
+    return earlier
+
+
+def clear_folder(layout: OutputLayout, earlier: dict) -> None:
+    """Remove what an earlier evaluation wrote (its task folders, clean/, reports, manifest), nothing else."""
+    from ipsolve.eval_report import REPORT_FILES
+
+    for name in ["clean", *earlier.get("tasks", [])]:
+        if name and "/" not in name and (layout.root / name).is_dir():
+            shutil.rmtree(layout.root / name)
+    for name in (*REPORT_FILES, layout.manifest.name):
+        (layout.root / name).unlink(missing_ok=True)
 
 
 def model_image_shape(config: EvalConfig, model) -> tuple:
@@ -228,31 +338,47 @@ def model_image_shape(config: EvalConfig, model) -> tuple:
 
 
 def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str | None = None,
-             limit: int | None = None, device: str | None = None, batch_size: int | None = None) -> dict:
+             limit: int | None = None, device: str | None = None, batch_size: int | None = None,
+             overwrite: bool = False, config_file: str | None = None) -> dict:
     """Evaluate `config` on the images of `data_dir`, writing into `out_dir`; return what rank 0 reported.
 
     `model` (an ε-model) or `model_name` (for `load_model`, default the config's) picks the model.
-    In a torchrun job every rank calls this; rank 0 aggregates after a barrier, the others return {}.
+    Every input is checked before the folder is touched; a folder made by another config is refused
+    unless `overwrite`. In a torchrun job every rank calls this; rank 0 aggregates after a barrier, the
+    others return {}.
     """
     from ipsolve import eval_report
     from ipsolve.models import load_model
 
     if batch_size is not None:
         config = replace(config, batch_size=batch_size)
+    if model_name is not None:
+        config = replace(config, model=model_name)
     images = list_images(data_dir, limit)
+    layout = OutputLayout(out_dir)
     workers = distributed.start(device)
     try:
-        name = model_name or config.model
-        model = model if model is not None else load_model(name, device=workers.device)
+        model = model if model is not None else load_model(config.model, device=workers.device)
         shape = model_image_shape(config, model)
-        layout = OutputLayout(out_dir)
-        evaluator = Evaluator(config, model, images, layout, workers, shape)
-        evaluator.run_all()
-        workers.barrier()
-        if not workers.is_main:
-            return {}
-        return eval_report.write_report(config, layout, images, name, shape, workers,
-                                        computed=evaluator.computed, skipped=evaluator.skipped)
+        earlier = check_folder(layout, config, overwrite)
+        lpips_net = lpips_network(config, shape, workers.device)
+        evaluator = Evaluator(config, model, images, layout, workers, shape, lpips_net)
+        for task in config.tasks:
+            evaluator._operator(task)  # a task that cannot take the model's images fails before any writing
+        with folder_lock(layout.root, enabled=workers.is_main):
+            if workers.is_main:
+                if earlier is not None:
+                    clear_folder(layout, earlier)
+                write_json(layout.manifest, {"config": config_fingerprint(config), "config_file": config_file,
+                                             "tasks": [t.name for t in config.tasks]})
+            workers.barrier()
+            evaluator.run_all()
+            workers.barrier()
+            if not workers.is_main:
+                return {}
+            counts = {"computed": evaluator.computed, "reused": evaluator.reused, "replaced": evaluator.replaced}
+            return eval_report.write_report(config, layout, images, config.model, shape, workers, counts,
+                                            lpips_net)
     finally:
         distributed.stop(workers)
 
@@ -263,26 +389,30 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="evaluation YAML, e.g. configs/eval/celeba_table2.yml")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder of png/jpg images, sorted by name, fitted to the model's size")
-    parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder (default runs/eval-CONFIG); rerunning skips finished images")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
+    parser.add_argument("--out", type=folder_name, default=None, metavar="DIR",
+                        help="output folder (default runs/eval-CONFIG); a rerun reuses every stored result "
+                        "that the same config, model, image and seed produced, and recomputes the rest")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results in --out when an evaluation of another config made them")
     parser.add_argument("--model", help="model name or path, overriding the config's `model`")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, per rank)")
-    parser.add_argument("--batch-size", type=int, metavar="B", help="images per solver batch (config's default)")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available, "
+                        "per rank)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="B",
+                        help="images per solver batch (config's default)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID / KID (PSNR and LPIPS only)")
 
 
 def run_eval_command(args) -> int:
-    """`ipsolve eval`: run, then print where the tables are (rank 0)."""
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    """`ipsolve eval`: run, then print where the tables are and how much was reused (rank 0)."""
     config = load_eval_config(args.config)
     if args.no_fid:
         config = replace(config, fid_mode=None)
     out = Path(args.out or f"runs/eval-{Path(args.config).stem}")
+    check_writable_folder(out)
     report = evaluate(config, args.data, out, model_name=args.model, limit=args.limit, device=args.device,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, overwrite=args.overwrite, config_file=str(args.config))
     if report:
-        print(f"{out / 'table.md'}: {report['images']} images, {report['computed']} computed, "
-              f"{report['skipped']} reused")
+        print(f"{out / 'table.md'}: {report['images']} images, {report['computed']} computed "
+              f"({report['replaced']} replacing results of other settings), {report['reused']} reused")
     return 0

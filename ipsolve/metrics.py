@@ -202,10 +202,18 @@ def fid_from_features(features: np.ndarray, reference: np.ndarray) -> float:
 
 
 def kid_from_features(features: np.ndarray, reference: np.ndarray) -> float:
-    """KID (clean-fid's unbiased polynomial-kernel MMD over subsets of min(N, M, 1000) rows)."""
+    """KID (clean-fid's unbiased polynomial-kernel MMD over subsets of min(N, M, 1000) rows).
+
+    clean-fid draws the subsets from numpy's global RNG: it is seeded with 0 for the call and restored
+    after, so KID is the same number in every run and the caller's RNG is left as it was."""
     from cleanfid.fid import kernel_distance
 
-    return float(kernel_distance(features, reference))
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        return float(kernel_distance(features, reference))
+    finally:
+        np.random.set_state(state)
 
 
 def log_fid_auc(nfes, fids) -> float:

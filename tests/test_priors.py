@@ -143,3 +143,36 @@ def test_bad_input_raises_value_error():
     small = GaussianPrior(torch.zeros(1, 2, 2), torch.eye(4), ALPHAS_CUMPROD)
     with pytest.raises(ValueError, match="sigma_y"):
         small.posterior(torch.zeros(1, 1, 2, 2), degradations.make("deno", channels=1, image_size=(2, 2)), -1)
+
+
+@pytest.mark.parametrize("task", ["deno", "sr2", "color", "inp"])
+def test_isotropic_prior_equals_the_dense_prior_with_the_same_covariance(task):
+    """IsotropicGaussianPrior's O(D) closed forms against the dense, eigendecomposed N(μ, vI)."""
+    from ipsolve.models import IsotropicGaussianPrior
+
+    mean = torch.randn(3, 4, 4, dtype=torch.float64, generator=generator(3)) * 0.3
+    iso = IsotropicGaussianPrior(mean, 0.3, ALPHAS_CUMPROD)
+    dense = GaussianPrior(mean, 0.3 * torch.eye(48, dtype=torch.float64), ALPHAS_CUMPROD)
+    x_t = torch.randn(5, 3, 4, 4, dtype=torch.float64, generator=generator(4))
+    t = torch.tensor([0, 10, 300, 700, 999])
+    torch.testing.assert_close(iso(x_t, t), dense(x_t, t), rtol=1e-12, atol=1e-12)
+    op = degradations.make(task, channels=3, image_size=(4, 4), seed=0)
+    y = op.H(x_t[:2]) + 0.1 * torch.randn(2, *op.measurement_shape, dtype=torch.float64, generator=generator(5))
+    for sigma_y in (0.1, 0.0):
+        got, want = iso.posterior(y, op, sigma_y), dense.posterior(y, op, sigma_y)
+        torch.testing.assert_close(got.mean, want.mean, rtol=1e-9, atol=1e-10)
+    draws = iso.posterior(y, op, 0.1).sample(20000, generator=generator(6))[:, 0].reshape(20000, -1)
+    assert_moments(draws, dense.posterior(y, op, 0.1).mean[0].reshape(-1), dense.posterior(y, op, 0.1).covariance[0])
+
+
+def test_isotropic_prior_takes_large_images_and_dense_ones_are_refused():
+    from ipsolve.models import IsotropicGaussianPrior, load_model
+
+    prior = load_model("gaussian:3x256x256")
+    assert isinstance(prior, IsotropicGaussianPrior) and prior.image_shape == (3, 256, 256)
+    x_t = torch.randn(2, 3, 256, 256, generator=generator(1))
+    a = ALPHAS_CUMPROD[500]
+    torch.testing.assert_close(prior(x_t, torch.tensor([500, 500])),
+                               ((1 - a).sqrt() * x_t / (0.25 * a + 1 - a)).float(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="dense covariance over 12288 values"):
+        GaussianPrior(torch.zeros(3, 64, 64), torch.eye(1), ALPHAS_CUMPROD)

@@ -8,7 +8,7 @@ Names and where their files are looked for:
   checkpoint ``weights.file`` in the weights folder, ``$IPSOLVE_WEIGHTS`` or else
   ``~/.cache/ipsolve/weights``; its SHA-256 is checked (streaming) when the config records one.
 - ``"sd15"``, ``"dit"``: latent pipelines under ``$IPSOLVE_WEIGHTS`` (see ``ipsolve.models.latent``).
-- ``"gaussian:CxHxW"``: the exact prior N(0, 0.25 I) on that shape (smoke tests).
+- ``"gaussian:CxHxW"``: the exact prior N(0, 0.25 I) on that shape (smoke tests; O(C·H·W) closed forms).
 - a path: a ``.ckpt`` / ``.pt`` DDPMUNet state dict (its config from ``config=``, from ``PATH.yml`` next
   to it, or from ``configs/models/STEM.yml``), a diffusers ``UNet2DModel`` folder, or a latent pipeline
   folder.
@@ -178,15 +178,13 @@ def _key_mismatch(net: torch.nn.Module, state: Mapping) -> tuple[list, list]:
 
 def _gaussian_prior(name: str, device):
     """``gaussian:CxHxW`` → N(0, 0.25 I) on that shape with the linear DDPM schedule."""
-    from ipsolve.models.priors import GaussianPrior
+    from ipsolve.models.priors import IsotropicGaussianPrior
     try:
         shape = tuple(int(n) for n in name.split(":", 1)[1].lower().split("x"))
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"{name!r}: write the shape as gaussian:CxHxW, e.g. gaussian:3x16x16")
-    dim = shape[0] * shape[1] * shape[2]
     alphas_cumprod = alphas_cumprod_from_betas(betas_from_config(
         {"beta_start": 1e-4, "beta_end": 0.02, "num_diffusion_timesteps": 1000}))
-    return GaussianPrior(torch.zeros(dim, device=device), 0.25 * torch.eye(dim, device=device), alphas_cumprod,
-                         image_shape=shape)
+    return IsotropicGaussianPrior(torch.zeros(shape, device=device), 0.25, alphas_cumprod)

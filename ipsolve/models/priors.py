@@ -12,6 +12,7 @@ import math
 import torch
 
 MAX_POSTERIOR_DIM = 1024  # dense H and D×D covariances: exact posteriors are for small images only
+MAX_DENSE_DIM = 4096  # a D×D covariance and its eigendecomposition: 2·D²·8 bytes (268 MB at 4096)
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -29,6 +30,10 @@ class GaussianMixturePrior:
             image_shape = tuple(means.shape[1:])
         self.means = means.reshape(means.shape[0], -1)
         count, dim = self.means.shape
+        if dim > MAX_DENSE_DIM:
+            raise ValueError(f"a dense covariance over {dim} values needs {2 * dim * dim * 8 / 1e9:.1f} GB and an "
+                             f"O(D³) eigendecomposition; at most {MAX_DENSE_DIM} values are allowed: use "
+                             f"IsotropicGaussianPrior for σ²I covariances, or a smaller image")
         self.weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
         covariances = torch.as_tensor(covariances, dtype=torch.float64)
         if self.weights.shape != (count,) or covariances.shape != (count, dim, dim):
@@ -141,6 +146,76 @@ class GaussianPrior(GaussianMixturePrior):
         mean = torch.as_tensor(mean, dtype=torch.float64)
         super().__init__(torch.ones(1), mean[None], torch.as_tensor(covariance, dtype=torch.float64)[None],
                          alphas_cumprod, image_shape)
+
+
+class IsotropicGaussianPrior:
+    """p(x₀) = N(mean, variance · I): every closed form in O(D) time and memory, for any image size.
+
+    x_t ~ N(√ᾱ μ, (ᾱv + 1 − ᾱ) I), so the exact ε = √(1−ᾱ)(x_t − √ᾱ μ)/(ᾱv + 1 − ᾱ).
+    mean (C, H, W) or (D,), variance a positive number, alphas_cumprod (T,).
+    """
+
+    def __init__(self, mean, variance: float, alphas_cumprod, image_shape=None):
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        if not variance > 0:
+            raise ValueError(f"the prior variance must be positive, got {variance}")
+        self.image_shape = tuple(int(n) for n in (image_shape or mean.shape))
+        if len(self.image_shape) != 3 or math.prod(self.image_shape) != mean.numel():
+            raise ValueError(f"give mean as a (C, H, W) image or with image_shape=(C, H, W); got {tuple(mean.shape)}")
+        self.mean = mean.reshape(self.image_shape)
+        self.variance = torch.tensor(float(variance), dtype=torch.float64)
+        self.alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+
+    def __call__(self, x_t, t):
+        a = self.alphas_cumprod.to(x_t.device)[torch.as_tensor(t, device=x_t.device).reshape(-1)]
+        a = a.reshape(-1, 1, 1, 1)
+        x = x_t.reshape(x_t.shape[0], *self.image_shape).to(torch.float64)
+        eps = (1 - a).sqrt() * (x - a.sqrt() * self.mean.to(x.device)) / (a * self.variance + 1 - a)
+        return eps.reshape(x_t.shape).to(x_t.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        z = torch.randn(n, *self.image_shape, dtype=torch.float64, generator=generator)
+        return self.mean + self.variance.sqrt() * z
+
+    def posterior(self, y, op, sigma_y):
+        """Exact p(x₀ | y) for y = H x₀ + σ_y n with an SVD operator H = U diag(s) Vᵀ: in the spectral
+        coordinates c = Vᵀx₀ the prior stays N(Vᵀμ, vI) and each observed coordinate i meets u_i = s_i c_i
+        + σ_y n_i on its own, so the posterior is diagonal there (σ_y = 0: c_i = u_i / s_i exactly)."""
+        if sigma_y < 0:
+            raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
+        y = y.to(torch.float64)
+        prior_mean = op.Vt(self.mean[None].to(y.device)).expand(y.shape[0], -1)
+        s = op.singulars().to(y)
+        k = s.numel()
+        u = op.Ut(y)[:, :k]
+        v = self.variance.to(y)
+        observed_var = torch.where(s > 0, v * sigma_y**2 / (sigma_y**2 + v * s**2), v)
+        gain = torch.where(s > 0, v * s / (sigma_y**2 + v * s**2), 0)
+        mean = prior_mean.clone()
+        mean[:, :k] = prior_mean[:, :k] + gain * (u - s * prior_mean[:, :k])
+        variance = torch.full_like(prior_mean[0], float(v))
+        variance[:k] = observed_var
+        return IsotropicGaussianPosterior(op, mean, variance, self.image_shape)
+
+
+class IsotropicGaussianPosterior:
+    """N(V m, V diag(w) Vᵀ): the posterior of an isotropic prior under an SVD operator, kept spectral."""
+
+    def __init__(self, op, spectral_mean, spectral_variance, image_shape):
+        self.op, self.spectral_mean, self.spectral_variance = op, spectral_mean, spectral_variance
+        self.image_shape = tuple(image_shape)
+
+    @property
+    def mean(self):
+        """E[x₀ | y], (B, C, H, W)."""
+        return self.op.V(self.spectral_mean).reshape(-1, *self.image_shape)
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """n exact posterior draws per measurement: (n, B, C, H, W)."""
+        batch, dim = self.spectral_mean.shape
+        z = torch.randn(n * batch, dim, dtype=torch.float64, generator=generator).to(self.spectral_mean.device)
+        spectral = self.spectral_mean.repeat(n, 1) + self.spectral_variance.sqrt() * z
+        return self.op.V(spectral).reshape(n, batch, *self.image_shape)
 
 
 class GaussianMixturePosterior:
