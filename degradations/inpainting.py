@@ -90,7 +90,8 @@ def box_mask(image_size, box=None):
 
 
 def load_mask(path):
-    """Read a mask image: pixels brighter than half scale are observed (white = observed)."""
+    """Read a mask image: white pixels are observed, black ones missing; any other value is refused
+    (a grey, anti-aliased or lossy mask has no single meaning)."""
     from PIL import Image  # the one file-format dependency of this package, needed only here
 
     path = os.fspath(path)
@@ -102,5 +103,9 @@ def load_mask(path):
     except (OSError, ValueError) as error:
         raise ValueError(f"{path} is not a readable mask image: {error}") from None
     values = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8)
-    return (values >= 128).reshape(gray.height, gray.width)
+    grey = int(((values != 0) & (values != 255)).sum())
+    if grey:
+        raise ValueError(f"{path} is not a binary mask: {grey} of its {values.numel()} pixels are neither black "
+                         f"nor white; save it with white (observed) and black (missing) pixels only")
+    return (values == 255).reshape(gray.height, gray.width)
 

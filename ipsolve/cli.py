@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from ipsolve import __version__
-from ipsolve.cli_support import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, check_writable_folder, deferred_interrupt,
-                                 existing_file, image_size, natural_int, one_line, positive_int, resolve_device,
-                                 unit_float)
+from ipsolve.cli_support import (EXIT_BAD_INPUT, check_writable_folder, deferred_interrupt, device_name,
+                                 exit_code_for, existing_file, folder_name, handle_sigterm_as_interrupt, image_size,
+                                 one_line, positive_int, resolve_device, seed_int, unit_float)
 
 EXAMPLES = Path(__file__).parent / "examples"
 LAZY_COMMANDS = {  # imported only when run, so their dependencies never break restore / degrade
@@ -27,8 +27,9 @@ LAZY_COMMANDS = {  # imported only when run, so their dependencies never break r
 
 
 def main(argv=None) -> int:
-    """Run the command line; return the exit code (0, 2 for bad input, 130 when interrupted)."""
+    """Run the command line; return the exit code (0, 2 for bad input, 130 on Ctrl-C, 143 on SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    handle_sigterm_as_interrupt()
     try:
         args = build_parser(_command_in(argv)).parse_args(argv)
         code = args.run(args)
@@ -36,9 +37,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:
         print(f"ipsolve: error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("ipsolve: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code_for(interrupt)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,13 +83,19 @@ def _import_command(name, module_name):
 # ---------------------------------------------------------------- restore
 
 RESTORE_EPILOG = """\
-outputs in DIR (earlier ipsolve outputs there are replaced):
+the measurement's sidecar (MEASUREMENT.json, written by `ipsolve degrade`) says how it was made:
+  task, noise level and mask come from it, and --task / --sigma-y / --mask may only repeat what it
+  says (a disagreement is an error: to restore under other assumptions, copy the image without its
+  sidecar and give them). Without a sidecar, --task is needed (and --mask for inpainting).
+outputs in DIR (one run at a time; earlier ipsolve outputs there are replaced):
   preview_{step:02d}_nfe{nfe:03d}.png  every anytime image, written the moment it exists
   final.png     the last preview (a grid of samples with --batch)
   strip.png     the previews side by side (one row per sample)
   anytime.gif   the previews as an animation
-  run.json      arguments, model, task, sigma_y in both units, seed, NFE per preview, time, version
-Ctrl-C stops the run and keeps the latest preview as final.png (exit code 130).
+  run.json      arguments, model, task, sigma_y in both units, seed, NFE per preview, time, version,
+                status (running / done / interrupted / failed): it always says how far the run got
+Ctrl-C or SIGTERM stops the run and keeps the latest preview as final.png (exit code 130 / 143).
+Work that cannot fit (memory, more steps than the model's timesteps) is refused up front; --force runs it.
 MEASUREMENT `example` (or `example:inp`) is a digit shipped with ipsolve; try
   ipsolve restore example --model embedded --outer 4 --inner 5 --out out/
 """
@@ -97,15 +104,17 @@ MEASUREMENT `example` (or `example:inp`) is a digit shipped with ipsolve; try
 def _add_restore(commands):
     parser = commands.add_parser(
         "restore", help="restore a degraded image, writing anytime previews as they come",
-        description="Restore a measurement with Nested Diffusion (DDRM inner runs) or plain DDRM.\n"
-        "The task, noise level and mask come from the measurement's sidecar (MEASUREMENT.json) unless given.",
+        description="Restore a measurement with Nested Diffusion (DDRM inner runs) or plain DDRM.",
         epilog=RESTORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("measurement", metavar="MEASUREMENT",
                         help="measurement image (made by `ipsolve degrade`), or `example[:sr4|inp]`")
-    parser.add_argument("--task", help="operator name (deno, sr4, sr16, color, inp) when there is no sidecar")
+    parser.add_argument("--task", help="operator name (deno, sr4, sr16, color, inp, …); needed without a sidecar, "
+                        "must match it with one")
     parser.add_argument("--sigma-y", type=unit_float, metavar="S",
-                        help="measurement noise in [0, 1] pixel units (model units are twice this)")
-    parser.add_argument("--mask", metavar="PNG", help="inpainting mask, white = observed (without a sidecar)")
+                        help="measurement noise in [0, 1] pixel units (model units are twice this); default 0 "
+                        "without a sidecar, must match it with one")
+    parser.add_argument("--mask", metavar="PNG", help="inpainting mask, white = observed, black = missing; "
+                        "needed for inpainting without a sidecar, must match it with one")
     parser.add_argument("--model", default="embedded",
                         help="embedded (default: 1x32x32 MNIST digits, shipped), celeba_hq, "
                         "gaussian:CxHxW (exact prior), a checkpoint file or a diffusers folder")
@@ -113,85 +122,121 @@ def _add_restore(commands):
     parser.add_argument("--inner", type=positive_int, default=5, metavar="I",
                         help="network calls per inner DDRM run (default 5)")
     parser.add_argument("--budget", type=positive_int, metavar="NFE",
-                        help="stop after this many network calls, shortening the last inner run "
-                        "(at least one inner run; default outer x inner)")
+                        help="stop after this many network calls, from one inner run up to outer x inner "
+                        "(default outer x inner)")
     parser.add_argument("--eta", type=unit_float, default=0.85, help="DDRM eta (default 0.85)")
     parser.add_argument("--eta-b", type=unit_float, default=1.0, help="DDRM eta_b (default 1.0)")
-    parser.add_argument("--seed", type=natural_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--out", type=folder_name, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--vanilla", action="store_true",
                         help="plain DDRM with the same budget; its x0 predictions at the same NFE as previews")
+    parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_restore)
 
 
 def run_restore(args) -> int:
     """Validate everything, then restore with a progress bar, writing every preview as it comes."""
-    source, measurement, model, device, marks = _restore_inputs(args)
+    source, measurement, mask_file, model, device, marks = _restore_inputs(args)
 
     import torch
 
     from ipsolve.progress import RestoreProgress
     from ipsolve.restore import restore
-    from ipsolve.run_folder import RunFolder
+    from ipsolve.run_folder import RunFolder, record_failure
 
     folder = RunFolder(args.out)
-    folder.prepare()
+    folder.start(_run_record(args, source, model, measurement, mask_file, device))
     progress = RestoreProgress(marks[-1], enabled=not args.quiet)
     start = time.perf_counter()
 
     def on_preview(preview):
-        with deferred_interrupt() as pending:
+        with deferred_interrupt():
             folder.add_preview(preview, time.perf_counter() - start)
-        progress.preview(preview.step)
-        if pending:
-            raise KeyboardInterrupt
+            progress.preview(preview.step)
 
-    interrupted = False
+    interrupt = None
     try:
         restore(measurement, model, args.outer, args.inner, budget=args.budget, eta=args.eta, eta_b=args.eta_b,
                 batch=args.batch, vanilla=args.vanilla, generator=torch.Generator(device).manual_seed(args.seed),
                 on_preview=on_preview, on_nfe=progress.nfe)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stop:
+        interrupt = stop
+    except Exception as error:
+        record_failure(folder, error)
+        raise
     finally:
         progress.close()
     nfe, elapsed_s = progress.done, time.perf_counter() - start
-    with deferred_interrupt():
-        folder.finish(_run_record(args, source, model, measurement, device, nfe, interrupted, elapsed_s))
-    if interrupted:
+    with deferred_interrupt(reraise=False):
+        folder.finish({"nfe": nfe, "interrupted": interrupt is not None, "elapsed_s": round(elapsed_s, 3)})
+    if interrupt is not None:
         kept = (f"kept preview {folder.previews[-1]['step']} as final.png" if folder.previews
                 else "no preview yet, nothing kept")
         print(f"ipsolve: interrupted after NFE {nfe}: {kept}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code_for(interrupt)
     print(f"{folder.path / 'final.png'}: {len(folder.previews)} previews, {nfe} NFE, {elapsed_s:.1f} s")
     return 0
 
 
 def _restore_inputs(args):
-    """(measurement path, measurement, model, device, preview NFE marks), or ValueError / OSError."""
-    if args.budget is not None and args.budget < args.inner:
-        raise ValueError(f"--budget {args.budget} is smaller than one inner run (--inner {args.inner})")
+    """(measurement path, measurement, its mask file or None, model, device, preview NFE marks), or
+    ValueError / OSError.
+
+    Everything is checked here, before anything is written."""
+    from ipsolve.restore import check_schedule
+
+    check_schedule(args.outer, args.inner, args.budget)
     source = _measurement_path(args.measurement)
     mask = None if args.mask is None else str(existing_file(args.mask, "mask"))
     check_writable_folder(args.out)
 
-    from ipsolve.measurement import read_measurement  # the checks above run before these slow imports
+    from ipsolve.measurement import has_sidecar, read_measurement, read_sidecar  # after the quick checks
     from ipsolve.models import load_model
+    from ipsolve.resources import check_fits, check_steps
     from ipsolve.restore import check_model_fits, preview_marks
 
-    device = resolve_device(args.device)
     sigma_y = None if args.sigma_y is None else 2 * args.sigma_y
-    measurement = read_measurement(source, task=args.task, sigma_y=sigma_y, mask=mask)
+    if has_sidecar(source):
+        _check_agrees_with_sidecar(source, args.task, sigma_y, mask)
+        measurement, mask = read_measurement(source), read_sidecar(source).mask_file
+    else:
+        _check_plain_image_arguments(source, args.task, mask)
+        measurement = read_measurement(source, task=args.task, sigma_y=sigma_y, mask=mask)
+    device = resolve_device(args.device)
     model = load_model(args.model, device=device)
+    check_steps(model, args.outer, args.inner)
     check_model_fits(model, tuple(measurement.op.input_shape), device)
+    check_fits(model, tuple(measurement.op.input_shape), args.batch, device, force=args.force)
     measurement = measurement._replace(y=measurement.y.to(device))
-    return source, measurement, model, device, preview_marks(args.outer, args.inner, args.budget)
+    return source, measurement, mask, model, device, preview_marks(args.outer, args.inner, args.budget)
 
 
-def _run_record(args, source, model, measurement, device, nfe, interrupted, elapsed_s) -> dict:
+def _check_agrees_with_sidecar(source, task, sigma_y, mask) -> None:
+    from ipsolve.measurement import read_sidecar, sidecar_conflicts, sidecar_path
+
+    flags = {"task": "--task", "sigma_y": "--sigma-y", "mask": "--mask"}
+    for what, given, recorded in sidecar_conflicts(read_sidecar(source), task, sigma_y, mask):
+        if what == "sigma_y":  # the command line speaks pixel units
+            given, recorded = given / 2, recorded / 2
+        raise ValueError(f"{flags[what]} {given} disagrees with {sidecar_path(source)} ({recorded}): drop "
+                         f"{flags[what]}, or restore a copy of the image without its sidecar")
+
+
+def _check_plain_image_arguments(source, task, mask) -> None:
+    if task is None:
+        raise ValueError(f"{source} has no sidecar {Path(source).name}.json: give --task (e.g. sr4, deno, inp) "
+                         f"and --sigma-y, and --mask for inpainting")
+    if task.startswith("inp") and mask is None:
+        raise ValueError(f"--task {task} on an image without sidecar needs --mask PNG (white = observed)")
+    if mask is not None and not task.startswith("inp"):
+        raise ValueError(f"--mask is for inpainting (inp), not --task {task}")
+
+
+def _run_record(args, source, model, measurement, mask_file, device) -> dict:
+    """What the run is made of: arguments as given and the values used (task, noise, mask, model)."""
     import torch
 
     sigma_y = float(measurement.sigma_y)
@@ -203,13 +248,13 @@ def _run_record(args, source, model, measurement, device, nfe, interrupted, elap
         "measurement": str(Path(source).resolve()),
         "model": {"name": args.model, "image_shape": None if image_shape is None else list(image_shape)},
         "task": measurement.op.spec(),
+        "mask": None if mask_file is None else str(Path(mask_file).resolve()),
         "solver": "ddrm" if args.vanilla else "nested(ddrm)",
         "sigma_y": {"pixel": sigma_y / 2, "model": sigma_y},
         "seed": args.seed,
         "device": str(device),
-        "nfe": nfe,
-        "interrupted": interrupted,
-        "elapsed_s": round(elapsed_s, 3),
+        "nfe": 0,
+        "interrupted": False,
     }
 
 
@@ -228,6 +273,17 @@ def _measurement_path(name: str) -> Path:
 
 # ---------------------------------------------------------------- degrade
 
+def _check_inputs_survive(output: Path, inputs) -> None:
+    """ValueError when writing OUT, OUT.json or OUT's mask would replace one of the input files."""
+    from ipsolve.measurement import mask_path_for, sidecar_path
+
+    written = [output, Path(sidecar_path(output)), Path(mask_path_for(output))]
+    for source in filter(None, inputs):
+        for path in written:
+            if path.exists() and path.samefile(source):
+                raise ValueError(f"writing {path} would replace the input {source}: choose another -o")
+
+
 def _add_degrade(commands):
     parser = commands.add_parser(
         "degrade", help="make a measurement y = H x + noise from a clean image",
@@ -238,7 +294,7 @@ def _add_degrade(commands):
     parser.add_argument("--task", required=True, help="operator name: deno, sr4, sr16, color, inp, …")
     parser.add_argument("--sigma-y", type=unit_float, default=0.0, metavar="S",
                         help="noise standard deviation in [0, 1] pixel units (model units are twice this; default 0)")
-    parser.add_argument("--seed", type=natural_int, default=0, help="seed of the noise and the random inp mask")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the noise and the random inp mask")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="measurement image to write (.png)")
     parser.add_argument("--mask", metavar="PNG", help="inpainting mask, white = observed (default: random 50%%)")
     parser.add_argument("--size", type=image_size, metavar="HxW", help="resize the clean image first")
@@ -258,6 +314,9 @@ def run_degrade(args) -> int:
     mask_path = None if args.mask is None else existing_file(args.mask, "mask")
     if mask_path is not None and not args.task.startswith("inp"):
         raise ValueError(f"--mask is for inpainting (inp), not {args.task!r}")
+    if args.task == "inp_mask" and mask_path is None:
+        raise ValueError("--task inp_mask needs --mask PNG (white = observed, black = missing)")
+    _check_inputs_survive(output, [source, mask_path])
 
     import degradations  # the checks above run before these slow imports
     from ipsolve.degrade import degrade, resize

@@ -12,7 +12,28 @@ import signal
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143   # SIGTERM (128 + SIGTERM)
+MAX_SEED = 2**63 - 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: ends a run exactly like Ctrl-C (latest preview kept, run.json written), exit code 143."""
+
+
+def exit_code_for(interrupt: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+
+
+def handle_sigterm_as_interrupt() -> None:
+    """From now on SIGTERM raises Terminated where the program is, as SIGINT raises KeyboardInterrupt."""
+    def terminate(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def seed_int(text):
+    return number(text, int, lambda value: 0 <= value <= MAX_SEED, f"an integer from 0 to {MAX_SEED}")
 
 
 def positive_int(text):
@@ -95,14 +116,19 @@ def check_writable_folder(path) -> None:
 
 
 @contextlib.contextmanager
-def deferred_interrupt():
-    """Hold Ctrl-C during a block so its files are complete; yields a list that is non-empty if it came."""
+def deferred_interrupt(reraise: bool = True):
+    """Hold Ctrl-C and SIGTERM during a block so its files are complete; raise the held one after it
+    (KeyboardInterrupt or Terminated) unless `reraise` is False."""
     pending = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: pending.append(signum)) for signum in held}
     try:
-        yield pending
+        yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if pending and reraise:
+        raise Terminated() if pending[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def one_line(error: Exception) -> str:

@@ -122,7 +122,7 @@ a checkpoint or a diffusers folder (see docs/generation.md). Ctrl-C keeps the la
 
 def add_generate_arguments(parser):
     """The options of `ipsolve generate`."""
-    from ipsolve.cli_support import natural_int, positive_int
+    from ipsolve.cli_support import device_name, folder_name, natural_int, positive_int, seed_int
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = GENERATE_EPILOG
@@ -137,8 +137,8 @@ def add_generate_arguments(parser):
     parser.add_argument("--inner", type=positive_int, default=20, metavar="I",
                         help="network calls per inner run (default 20)")
     parser.add_argument("--n", type=positive_int, default=4, metavar="N", help="candidates (default 4)")
-    parser.add_argument("--seed", type=natural_int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", type=folder_name, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--guidance", type=_guidance_scale, metavar="W",
                         help="classifier-free guidance scale (default: 7.5 for Stable Diffusion, 1.5 for DiT)")
     parser.add_argument("--inner-sampler", choices=INNER_SAMPLERS,
@@ -153,7 +153,8 @@ def add_generate_arguments(parser):
                         help="after outer step K use class N (repeatable)")
     parser.add_argument("--interactive", action="store_true",
                         help="after each outer step, ask at the terminal which candidates to keep")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -169,9 +170,10 @@ def _guidance_scale(text):
 
 def run_generate_command(args) -> int:
     """Validate everything, then sample, writing every preview as it comes; return the exit code."""
-    from ipsolve.cli_support import EXIT_INTERRUPTED, check_writable_folder, deferred_interrupt, resolve_device
+    from ipsolve.cli_support import check_writable_folder, deferred_interrupt, exit_code_for, resolve_device
     from ipsolve.models import load_model
-    from ipsolve.run_folder import RunFolder
+    from ipsolve.resources import check_fits, check_steps
+    from ipsolve.run_folder import RunFolder, record_failure
 
     if args.interactive and not sys.stdin.isatty():
         raise ValueError("--interactive needs a terminal on stdin; in scripts use --pick or --picks")
@@ -180,6 +182,8 @@ def run_generate_command(args) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
+    check_steps(model, args.outer, args.inner)
+    check_fits(model, tuple(model.image_shape), args.n, device, force=args.force)
     family = model_family(model)
     cond, encode, parse_cond, schedule = _conditioning(args, model, family)
     ask = None
@@ -195,31 +199,34 @@ def run_generate_command(args) -> int:
                        generator=torch.Generator(device).manual_seed(args.seed),
                        callback=lambda info: progress.update(info["nfe"] - progress.n))
         feedback.check(len(run.outer_timesteps), args.n)
-        folder.prepare()
+        start = time.perf_counter()
+        folder.start(_run_record(args, model, family, run, feedback, str(device), False, 0.0))
         progress = _progress_bar(run.total_nfe, enabled=not (args.quiet or args.interactive))
-        interrupted, start = False, time.perf_counter()
+        interrupt = None
         try:
             for preview in run:
                 images = to_images(model, preview.x0)
-                with deferred_interrupt() as pending:
+                with deferred_interrupt():
                     # RunFolder writes model-space images: hand it the shown images mapped back.
                     folder.add_preview(SimpleNamespace(x0=2 * images - 1, step=preview.step, nfe=preview.nfe),
                                        time.perf_counter() - start)
-                if pending:
-                    raise KeyboardInterrupt
                 if preview.step < len(run.outer_timesteps):
                     feedback(preview, run)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as stop:
+            interrupt = stop
+        except Exception as error:
+            record_failure(folder, error)
+            raise
         finally:
             progress.close()
-    record = _run_record(args, model, family, run, feedback, str(device), interrupted, time.perf_counter() - start)
-    with deferred_interrupt():
+    record = _run_record(args, model, family, run, feedback, str(device), interrupt is not None,
+                         time.perf_counter() - start)
+    with deferred_interrupt(reraise=False):
         folder.finish(record)
-    if interrupted:
+    if interrupt is not None:
         print(f"ipsolve: interrupted after NFE {run.nfe}: "
               f"{'kept the latest preview as final.png' if folder.previews else 'no preview yet'}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code_for(interrupt)
     print(f"{Path(args.out) / 'final.png'}: {len(folder.previews)} previews of {args.n} candidates, {run.nfe} NFE, "
           f"{record['elapsed_s']:.1f} s")
     return 0

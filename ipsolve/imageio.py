@@ -36,6 +36,8 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:  # name the file the user knows (not the temporary one): "…/x.png: No space left"
+        raise OSError(error.errno, error.strerror or str(error), path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

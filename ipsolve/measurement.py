@@ -8,12 +8,16 @@
 * ``y.png.json``: {"operator": op.spec(), "sigma_y": {"model": σ, "pixel": σ/2}, "mask": "y.mask.png"}.
   The library's sigma_y is in model units ([-1, 1]); pixel units ([0, 1]) are half of it.
 
-``read_measurement("y.png")`` rebuilds (y, op, sigma_y) from the sidecar. A plain image without a
-sidecar needs ``task=`` (a ``degradations.make`` name) and, for inpainting, ``mask=`` (a mask image path
-or a bool (H, W) tensor); the clean image size is inferred (e.g. sr4 on a 16×24 image → 64×96).
+``read_measurement("y.png")`` rebuilds (y, op, sigma_y) from the sidecar, which is checked: σ finite,
+non-negative and the same in both units; the mask file it names present and binary. A task, σ or mask
+given together with a sidecar must agree with it (`sidecar_conflicts`): a disagreement is an error,
+never silently resolved either way. A plain image without a sidecar needs ``task=`` (a
+``degradations.make`` name) and, for inpainting, ``mask=`` (a mask image path or a bool (H, W) tensor);
+the clean image size is inferred (e.g. sr4 on a 16×24 image → 64×96).
 Walsh–Hadamard measurements are coefficients, not images, and cannot be written as PNG.
 """
 import json
+import math
 import os
 import re
 from typing import NamedTuple
@@ -67,40 +71,100 @@ def write_measurement(path, y, op, sigma_y):
         json.dump(metadata, handle, indent=2)
 
 
+class Sidecar(NamedTuple):
+    """What a measurement's sidecar says, checked: the operator, σ_y in model units, the mask file, and
+    the task name it records (an inpainting operator is rebuilt from its mask file as inp_mask)."""
+    op: object
+    sigma_y: float
+    mask_file: str | None
+    task: str
+
+
+def has_sidecar(path) -> bool:
+    return os.path.exists(sidecar_path(path))
+
+
+def read_sidecar(path) -> Sidecar:
+    """The checked sidecar of the measurement `path` (ValueError / FileNotFoundError with one line)."""
+    where = sidecar_path(path)
+    try:
+        with open(where) as handle:
+            metadata = json.load(handle)
+        spec, sigma = dict(metadata["operator"]), metadata["sigma_y"]
+        model, pixel = float(sigma["model"]), float(sigma.get("pixel", sigma["model"] / 2))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{where} is not a measurement sidecar ({type(error).__name__}: {error})") from None
+    if not (math.isfinite(model) and model >= 0):
+        raise ValueError(f"{where}: sigma_y must be a finite number >= 0, got {model}")
+    if not math.isclose(model, 2 * pixel, rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(f"{where}: sigma_y model {model} and pixel {pixel} disagree (model units are twice "
+                         f"pixel units): fix one of them")
+    mask_file, task = None, str(spec.get("name"))
+    if task.startswith("inp"):
+        if not metadata.get("mask"):
+            raise ValueError(f"{where} describes inpainting but names no mask file")
+        mask_file = os.path.join(os.path.dirname(os.fspath(path)), metadata["mask"])
+        if not os.path.isfile(mask_file):
+            raise FileNotFoundError(f"{mask_file}: the mask file named by {where} is missing; put it back "
+                                    f"beside the measurement")
+        if task == "inp_mask":  # the mask written beside the image is the one that made it
+            spec["mask_path"] = mask_file
+    try:
+        op = degradations.make(**spec)
+    except TypeError as error:
+        raise ValueError(f"{where}: the operator {spec} cannot be rebuilt ({error})") from None
+    if mask_file is not None and not torch.equal(degradations.load_mask(mask_file), op.mask):
+        raise ValueError(f"{mask_file} is not the mask of the {task} operator that {where} records: "
+                         f"restore the original mask file")
+    return Sidecar(op, model, mask_file, task)
+
+
+def sidecar_conflicts(sidecar: Sidecar, task=None, sigma_y=None, mask=None) -> list[tuple[str, object, object]]:
+    """(what, given, recorded) for every given value that disagrees with `sidecar`.
+
+    task: an operator name (it must be the recorded one); sigma_y in model units; mask: a mask file path
+    or bool (H, W) tensor (it must hold the recorded mask)."""
+    conflicts = []
+    if task is not None and task != sidecar.task:
+        conflicts.append(("task", task, sidecar.task))
+    if sigma_y is not None and not math.isclose(float(sigma_y), sidecar.sigma_y, rel_tol=1e-9, abs_tol=1e-12):
+        conflicts.append(("sigma_y", float(sigma_y), sidecar.sigma_y))
+    if mask is not None:
+        given = mask if torch.is_tensor(mask) else degradations.load_mask(mask)
+        recorded = getattr(sidecar.op, "mask", None)
+        if recorded is None or tuple(given.shape) != tuple(recorded.shape) or not torch.equal(given, recorded):
+            conflicts.append(("mask", mask if torch.is_tensor(mask) else os.fspath(mask),
+                              sidecar.mask_file or "no mask"))
+    return conflicts
+
+
 def read_measurement(path, task=None, sigma_y=None, mask=None, image_size=None):
     """Read a measurement written by write_measurement, or a plain degraded image (see module doc).
 
-    sigma_y (model units) overrides the sidecar's; without sidecar it defaults to 0.
-    image_size (H, W), when given, must agree with the size inferred from the file.
+    With a sidecar, task / sigma_y (model units) / mask may be given only when they agree with it;
+    without one, sigma_y defaults to 0. image_size (H, W), when given, must agree with the size
+    inferred from the file.
     """
     path = os.fspath(path)
     image = load_image(path)
-    if os.path.exists(sidecar_path(path)):
-        op, recorded_sigma = _operator_from_sidecar(path)
+    if has_sidecar(path):
+        sidecar = read_sidecar(path)
+        conflicts = sidecar_conflicts(sidecar, task, sigma_y, mask)
+        if conflicts:
+            what, given, recorded = conflicts[0]
+            raise ValueError(f"{path}: {what}={given!r} disagrees with its sidecar ({recorded!r}); give no "
+                             f"{what} or one that agrees")
+        op, sigma_y = sidecar.op, sidecar.sigma_y
     else:
         if task is None:
             raise ValueError(f"{path} has no sidecar {os.path.basename(sidecar_path(path))}; "
                              f"pass task= (e.g. 'sr4', 'inp_mask'), and mask= for inpainting")
-        op, recorded_sigma = _operator_for_image(path, image, task, mask), 0.0
+        op, sigma_y = _operator_for_image(path, image, task, mask), sigma_y or 0.0
     if image_size is not None and tuple(image_size) != op.input_shape[1:]:
         raise ValueError(f"{path} is a {op.name} measurement of a {op.input_shape[1]}x{op.input_shape[2]} "
                          f"image, not {image_size[0]}x{image_size[1]}; drop image_size or fix it")
     y = _image_to_measurement(path, image, op)
-    return Measurement(y, op, float(recorded_sigma if sigma_y is None else sigma_y))
-
-
-def _operator_from_sidecar(path):
-    with open(sidecar_path(path)) as handle:
-        try:
-            metadata = json.load(handle)
-            spec, sigma = dict(metadata["operator"]), metadata["sigma_y"]["model"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{sidecar_path(path)} is not a measurement sidecar: {error}") from None
-    if spec["name"] == "inp_mask":  # the mask written beside the image is the one to use
-        spec.pop("mask_path", None)
-        mask_file = os.path.join(os.path.dirname(path), metadata.get("mask", ""))
-        spec["mask"] = degradations.load_mask(mask_file)
-    return degradations.make(**spec), sigma
+    return Measurement(y, op, float(sigma_y))
 
 
 def _operator_for_image(path, image, task, mask):

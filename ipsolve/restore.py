@@ -34,7 +34,8 @@ def preview_marks(outer: int, inner: int, budget: int | None = None) -> list[int
 
 
 def check_schedule(outer: int, inner: int, budget: int | None = None) -> None:
-    """ValueError unless outer ≥ 1, inner ≥ 1 and budget (if any) pays for at least one inner run."""
+    """ValueError unless outer ≥ 1, inner ≥ 1 and budget (if any) pays for at least one inner run and
+    at most for all of them (a larger budget would silently be cut)."""
     if outer < 1:
         raise ValueError(f"outer steps must be at least 1, got {outer}")
     if inner < 1:
@@ -42,6 +43,9 @@ def check_schedule(outer: int, inner: int, budget: int | None = None) -> None:
     if budget is not None and budget < inner:
         raise ValueError(f"budget of {budget} NFE is smaller than one inner run ({inner} NFE): "
                          f"raise the budget or lower the inner steps")
+    if budget is not None and budget > outer * inner:
+        raise ValueError(f"budget of {budget} NFE is more than {outer} outer x {inner} inner steps = "
+                         f"{outer * inner} NFE can use: raise the outer or inner steps, or lower the budget")
 
 
 def vanilla_timesteps(nfe: int, num_train_steps: int = 1000) -> list[int]:

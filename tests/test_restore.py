@@ -66,12 +66,14 @@ def test_budget_shortens_the_last_inner_run_that_fits(sr_case):
     model = GaussianEps()
     previews = restore(sr_case, model, outer=4, inner=3, budget=7, generator=seeded())
     assert [p.nfe for p in previews] == [3, 6, 7] == preview_marks(4, 3, 7) and model.calls == 7
-    assert preview_marks(2, 3, budget=50) == [3, 6]
+    assert preview_marks(2, 3, budget=6) == [3, 6]
 
 
-def test_budget_smaller_than_one_inner_run_is_refused(sr_case):
+def test_budget_smaller_than_one_inner_run_or_larger_than_all_is_refused(sr_case):
     with pytest.raises(ValueError, match="smaller than one inner run"):
         restore(sr_case, GaussianEps(), outer=2, inner=5, budget=4)
+    with pytest.raises(ValueError, match="more than 2 outer x 3 inner steps = 6 NFE"):
+        restore(sr_case, GaussianEps(), outer=2, inner=3, budget=7)
 
 
 @pytest.mark.parametrize("outer, inner", [(0, 3), (2, 0)])
@@ -166,13 +168,15 @@ def fake_previews(batch, steps=3, size=(4, 6)):
 
 def test_run_folder_writes_previews_final_strip_gif_and_record(tmp_path):
     folder = RunFolder(tmp_path / "run")
-    folder.prepare()
+    folder.start({"seed": 0})
     previews = fake_previews(batch=1)
-    for preview in previews:
+    for step, preview in enumerate(previews, 1):
         folder.add_preview(preview, elapsed_s=0.5)
-    folder.finish({"seed": 0})
+        running = json.loads((folder.path / "run.json").read_text())
+        assert running["status"] == "running" and len(running["previews"]) == step and running["nfe"] == 2 * step
+    folder.finish({"interrupted": False})
     names = sorted(p.name for p in folder.path.iterdir())
-    assert names == ["anytime.gif", "final.png", "preview_01_nfe002.png", "preview_02_nfe004.png",
+    assert names == [".ipsolve.lock", "anytime.gif", "final.png", "preview_01_nfe002.png", "preview_02_nfe004.png",
                      "preview_03_nfe006.png", "run.json", "strip.png"]
     final = load_image(folder.path / "final.png")
     torch.testing.assert_close(final, load_image(folder.path / "preview_03_nfe006.png"))
@@ -182,13 +186,29 @@ def test_run_folder_writes_previews_final_strip_gif_and_record(tmp_path):
     assert Image.open(folder.path / "anytime.gif").n_frames == 3
     record = json.loads((folder.path / "run.json").read_text())
     assert record["seed"] == 0 and [p["nfe"] for p in record["previews"]] == [2, 4, 6]
+    assert record["status"] == "done"
+
+
+def test_a_second_run_into_a_folder_in_use_fails_at_once_and_the_first_is_untouched(tmp_path):
+    first = RunFolder(tmp_path)
+    first.start({"seed": 1})
+    first.add_preview(fake_previews(batch=1)[0], elapsed_s=0.0)
+    with pytest.raises(ValueError, match="in use by another ipsolve run"):
+        RunFolder(tmp_path).start({"seed": 2})
+    assert json.loads((tmp_path / "run.json").read_text())["seed"] == 1
+    assert (tmp_path / "preview_01_nfe002.png").is_file()
+    first.finish({})
+    second = RunFolder(tmp_path)  # the folder is free again once the first run ends
+    second.start({"seed": 2})
+    assert not (tmp_path / "preview_01_nfe002.png").exists()
+    second.close()
 
 
 def test_run_folder_draws_one_strip_row_per_sample_and_replaces_earlier_outputs(tmp_path):
     (tmp_path / "preview_09_nfe099.png").write_bytes(b"stale")
     (tmp_path / "notes.txt").write_text("mine")
     folder = RunFolder(tmp_path)
-    folder.prepare()
+    folder.start({})
     for preview in fake_previews(batch=2):
         folder.add_preview(preview, elapsed_s=0.0)
     folder.finish({})
