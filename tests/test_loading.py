@@ -71,7 +71,7 @@ def test_corrupt_checkpoint_is_a_one_line_value_error(checkpoint):
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(ValueError) as error:
         load_model(checkpoint)
-    assert "not a readable checkpoint" in str(error.value) and "\n" not in str(error.value)
+    assert "is corrupt or not a checkpoint" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_checkpoint_not_matching_its_config(checkpoint, reference):

@@ -78,7 +78,9 @@ def load_model(name_or_path: str | os.PathLike, device="cpu", dtype: torch.dtype
             return load_latent_model(str(path), device=device, dtype=dtype)
         raise ValueError(f"{path} is neither a diffusers UNet2DModel folder nor a Stable Diffusion / DiT pipeline")
     if path.is_file():
-        return load_checkpoint(path, config or _config_for(path), device, dtype, sha256=sha256, **options)
+        if config is None:
+            config = _config_for(path)
+        return load_checkpoint(path, config, device, dtype, sha256=sha256, **options)
     if path.suffix in (".ckpt", ".pt", ".pth"):
         raise FileNotFoundError(f"{path} not found")
     known = ", ".join(["embedded", *sorted(named), *LATENT_NAMES, "gaussian:CxHxW"])
@@ -137,11 +139,14 @@ def _read_config(path) -> dict:
 
 
 def _config_for(checkpoint: Path) -> Path:
+    """The YAML beside a checkpoint (or the named config of its stem); a file that is no checkpoint at
+    all is reported as such first, since a config would not help it."""
     for candidate in (checkpoint.with_suffix(".yml"), MODEL_CONFIGS / f"{checkpoint.stem}.yml"):
         if candidate.is_file():
             return candidate
-    raise ValueError(f"no config for {checkpoint}: pass config=PATH.yml (DDRM YAML with model/data/diffusion) "
-                     f"or put {checkpoint.with_suffix('.yml').name} next to it")
+    _read_state_dict(checkpoint, {})
+    raise ValueError(f"{checkpoint} has no model config: put {checkpoint.with_suffix('.yml').name} (a DDRM YAML "
+                     f"with model, data and diffusion sections) next to it")
 
 
 def _how_to_get(path: Path, expected: Mapping) -> str:
@@ -159,7 +164,8 @@ def _read_state_dict(path: Path, expected: Mapping) -> dict:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-        raise ValueError(f"{path} is not a readable checkpoint ({reason}); {_how_to_get(path, expected)}") from None
+        fix = _how_to_get(path, expected) if expected else "give the path of a DDPM state dict (.ckpt / .pt)"
+        raise ValueError(f"{path} is corrupt or not a checkpoint ({reason}); {fix}") from None
     if isinstance(loaded, (list, tuple)) and loaded:  # DDIM-style [state_dict, optimizer, …]
         loaded = loaded[0]
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
