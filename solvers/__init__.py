@@ -6,6 +6,7 @@ descending timesteps, makes exactly len(timesteps) model calls, steps after the 
 returns x̂₀; randomness comes from `noise(shape)` or a `generator`; callback(info) sees nfe, t, x, x0.
 """
 from .ddim import ddim
+from .ddnm import ddnm, time_travel_timesteps
 from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
@@ -14,7 +15,7 @@ from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inne
                         linspace_timesteps, outer_timesteps, sd_inner_timesteps, sd_outer_timesteps)
 
 __all__ = [
-    "ddim", "ddpm", "ddrm", "ddrm_init", "dpm_solver", "nested", "NestedRun", "Preview", "ddrm_timesteps",
+    "ddim", "ddpm", "ddrm", "ddrm_init", "ddnm", "time_travel_timesteps", "dpm_solver", "nested", "NestedRun", "Preview", "ddrm_timesteps",
     "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
     "inner_step_counts", "linspace_timesteps", "cut_to_budget",
 ]

@@ -1,0 +1,121 @@
+"""DDNM / DDNM+ against the reference code's mean paths (tests/data/ddnm_reference.pt), the jump schedule,
+call counting over time travel, and the SVD requirement."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import degradations
+import solvers
+from _toy_ops import Recorder, gaussian_problem
+
+DATA = torch.load(Path(__file__).parent / "data" / "ddnm_reference.pt", weights_only=True)
+RUNS = DATA["runs"]
+IDS = [f"{r['op']}-s{r['sigma_y']}-eta{r['eta']}-T{r['T_sampling']}-L{r['travel_length']}R{r['travel_repeat']}"
+       for r in RUNS]
+
+
+class ReferenceModel:
+    """The file's ε-model: √(1−ᾱ) x / (ᾱ C² + 1 − ᾱ) + tanh(conv2d(x, W, padding=1) + ᾱ b)."""
+
+    def __init__(self):
+        self.alphas_cumprod = torch.cumprod(1 - DATA["betas"], 0)
+        self.weight, self.bias, self.var = DATA["conv_weight"], DATA["conv_bias"], DATA["prior_var"]
+
+    def __call__(self, x, t):
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        conv = F.conv2d(x, self.weight, padding=1) + a * self.bias.view(1, -1, 1, 1)
+        return (1 - a).sqrt() * x / (a * self.var + 1 - a) + torch.tanh(conv)
+
+
+def operator(run):
+    if run["op"] == "inp":
+        return degradations.Inpainting(run["mask"], channels=3)
+    return degradations.make(run["op"], channels=3, image_size=(16, 16))
+
+
+@pytest.mark.parametrize("run", RUNS, ids=IDS)
+def test_reference_mean_paths(run):
+    op, model = operator(run), Recorder(ReferenceModel())
+    y = op.H(run["y_pinv"])
+    steps = solvers.time_travel_timesteps(run["T_sampling"], run["travel_length"], run["travel_repeat"])
+    out = solvers.ddnm(model, y, op, run["sigma_y"], steps, eta=run["eta"], x_T=run["x_T"], noise=torch.zeros)
+    expected = run["final_corrected"]
+    assert (out - expected).norm() / expected.norm() < 1e-8
+    downward = sum(b < a for a, b in zip(run["schedule"], run["schedule"][1:]))
+    assert len(model.calls) == downward
+
+
+@pytest.mark.parametrize("run", RUNS, ids=IDS)
+def test_schedule_is_the_reference_jump_schedule(run):
+    steps = solvers.time_travel_timesteps(run["T_sampling"], run["travel_length"], run["travel_repeat"])
+    assert steps + [-1] == run["schedule"]
+
+
+def test_the_published_code_differs_only_where_it_skips_the_rotation():
+    """Sanity of the data: `final` (unrotated noise scaling) equals `final_corrected` exactly when the
+    scaling is a scalar (σ_y = 0) or V is a permutation / identity (inpainting, denoising)."""
+    for run in RUNS:
+        same = torch.allclose(run["final"], run["final_corrected"], rtol=0, atol=1e-12)
+        assert same == (run["sigma_y"] == 0 or run["op"] in ("inp", "deno"))
+
+
+def test_time_travel_reuses_the_uncorrected_x0():
+    """A step up re-noises the last x̂₀ before its range-space correction, with no model call: with zero
+    noise, 700 → 600 → 700 → 500 calls the model at 700, then at 700 again on √ᾱ₇₀₀ x̂₀ of the first call."""
+    prior, op, y = gaussian_problem("sr2", 0.0)
+    infos = []
+    solvers.ddnm(prior, y, op, 0.0, [700, 600, 700, 500], eta=0.0, noise=torch.zeros, callback=infos.append)
+    assert [i["t"] for i in infos] == [700, 700, 500] and [i["nfe"] for i in infos] == [1, 2, 3]
+    a = prior.alphas_cumprod[700]
+    torch.testing.assert_close(infos[1]["x"], a.sqrt() * infos[0]["x0"], rtol=1e-12, atol=1e-12)
+
+
+def test_noiseless_ddnm_is_consistent_with_y_and_keeps_the_null_space():
+    """σ_y = 0: the result satisfies H x = y exactly, and its null-space part is the last x̂₀'s."""
+    prior, op, y = gaussian_problem("sr2", 0.0, batch=2)
+    infos = []
+    out = solvers.ddnm(prior, y, op, 0.0, solvers.ddrm_timesteps(10), generator=torch.Generator().manual_seed(0),
+                       callback=infos.append)
+    torch.testing.assert_close(op.H(out), y, rtol=1e-12, atol=1e-12)
+    null = lambda x: op.Vt(x)[:, op.rank:]  # noqa: E731
+    torch.testing.assert_close(null(out), null(infos[-1]["x0"]), rtol=1e-12, atol=1e-12)
+
+
+def test_one_step_by_hand_ddnm_plus():
+    """One DDNM+ step from x_t on denoising (H = I, s = 1), written out per coordinate."""
+    prior, op, y = gaussian_problem("deno", 0.5)
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    z = torch.randn(1, 16, generator=g, dtype=torch.float64)
+    infos, eta, sigma_y = [], 0.6, 0.5
+    solvers.ddnm(prior, y, op, sigma_y, [600, 100], eta=eta, x_T=x_t, noise=lambda shape: z,
+                 callback=infos.append)
+    eps = prior(x_t, torch.tensor([600]))
+    a_t, a_n = prior.alphas_cumprod[600], prior.alphas_cumprod[100]
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    a, sigma = a_n.sqrt(), (1 - a_n).sqrt()
+    assert sigma < a * sigma_y  # every coordinate is less noisy than y at t' = 100: the "below" case
+    lam = sigma * math.sqrt(1 - eta**2) / (a * sigma_y)
+    expected = a * (x0 - lam * (x0 - y)) + sigma * eta * z.reshape(y.shape)
+    torch.testing.assert_close(infos[1]["x"], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_operator_without_svd_fails_at_once():
+    prior, op, y = gaussian_problem("sr2", 0.0)
+    blind = degradations.compose(op, degradations.make("deno", channels=1, image_size=(2, 2)))
+    model = Recorder(prior)
+    with pytest.raises(ValueError, match="pigdm or dps"):
+        solvers.ddnm(model, y, blind, 0.0, [500, 0])
+    assert not model.calls
+
+
+def test_bad_timesteps_and_eta():
+    prior, op, y = gaussian_problem("sr2", 0.0)
+    for steps in ([500, 500, 0], [500, 600], [1000, 0], []):
+        with pytest.raises(ValueError, match="timesteps"):
+            solvers.ddnm(prior, y, op, 0.0, steps)
+    with pytest.raises(ValueError, match="eta"):
+        solvers.ddnm(prior, y, op, 0.0, [500, 0], eta=1.5)
