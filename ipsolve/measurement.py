@@ -3,8 +3,9 @@
 ``write_measurement("y.png", y, op, sigma_y)`` writes
 * ``y.png``: the measurement as an 8-bit image, clipped to [0, 1] — 8-bit quantisation is what users'
   degraded files have anyway. Super-resolution writes the small image, colorization a gray image,
-  denoising and deblurring a full-size image, inpainting the full-size image with the missing pixels at
-  0 (black) plus ``y.mask.png`` (white = observed);
+  denoising, deblurring and the saturating sensor a full-size image, inpainting the full-size image with
+  the missing pixels at 0 (black) plus ``y.mask.png`` (white = observed); a composition ending in
+  inpainting (e.g. deblur_gauss+inp) writes the image its inpainting part sees, with zeros and mask alike;
 * ``y.png.json``: {"operator": op.spec(), "sigma_y": {"model": σ, "pixel": σ/2}, "mask": "y.mask.png"}.
   The library's sigma_y is in model units ([-1, 1]); pixel units ([0, 1]) are half of it.
 
@@ -52,9 +53,10 @@ def write_measurement(path, y, op, sigma_y):
         raise ValueError(f"write_measurement takes one measurement of shape {op.measurement_shape}, "
                          f"got {tuple(y.shape)}")
     metadata = {"operator": op.spec(), "sigma_y": {"model": float(sigma_y), "pixel": float(sigma_y) / 2}}
-    if isinstance(op, Inpainting):
-        mask = op.mask
-        image = from_model(op.Ht(y))[0] * mask
+    inpainting = _inpainting_part(op)
+    if inpainting is not None:
+        mask = inpainting.mask
+        image = from_model(inpainting.Ht(y))[0] * mask
         save_image(mask[None].to(torch.float32), mask_path_for(path))
         metadata["mask"] = os.path.basename(mask_path_for(path))
     elif _is_image_shape(op.measurement_shape):
@@ -96,10 +98,13 @@ def _operator_from_sidecar(path):
             spec, sigma = dict(metadata["operator"]), metadata["sigma_y"]["model"]
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{sidecar_path(path)} is not a measurement sidecar: {error}") from None
-    if spec["name"] == "inp_mask":  # the mask written beside the image is the one to use
-        spec.pop("mask_path", None)
+    last = dict(spec["parts"][-1]) if "parts" in spec else spec
+    if last["name"] == "inp_mask":  # the mask written beside the image is the one to use
+        last.pop("mask_path", None)
         mask_file = os.path.join(os.path.dirname(path), metadata.get("mask", ""))
-        spec["mask"] = degradations.load_mask(mask_file)
+        last["mask"] = degradations.load_mask(mask_file)
+        if "parts" in spec:
+            spec["parts"] = [*spec["parts"][:-1], last]
     return degradations.make(**spec), sigma
 
 
@@ -122,8 +127,9 @@ def _operator_for_image(path, image, task, mask):
 
 def _image_to_measurement(path, image, op):
     """The image file's pixels → y (1, *op.measurement_shape) in model space, or ValueError."""
-    if isinstance(op, Inpainting):
-        expected = op.input_shape
+    inpainting = _inpainting_part(op)
+    if inpainting is not None:
+        expected = inpainting.input_shape
     elif _is_image_shape(op.measurement_shape):
         expected = op.measurement_shape
     else:
@@ -135,7 +141,13 @@ def _image_to_measurement(path, image, op):
         raise ValueError(f"{path} is {'x'.join(map(str, image.shape))} (channels x H x W) but {op.name} "
                          f"expects {'x'.join(map(str, expected))}; check the task and image size")
     values = to_model(image)[None]
-    return op.H(values) if isinstance(op, Inpainting) else values
+    return inpainting.H(values) if inpainting is not None else values
+
+
+def _inpainting_part(op):
+    """The Inpainting that makes op's measurement: op itself, or the last part of a composition; else None."""
+    last = op.parts[-1] if isinstance(op, degradations.ComposedOperator) else op
+    return last if isinstance(last, Inpainting) else None
 
 
 def _is_image_shape(shape):
