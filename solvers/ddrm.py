@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .common import alpha_bar, check_timesteps, denoise, noise_drawer, with_next
+from .common import alpha_bar, check_timesteps, denoise, noise_drawer, require_svd, with_next
 
 
 class SpectralMeasurement:
@@ -40,6 +40,7 @@ def ddrm(model, y, op, sigma_y, timesteps, eta: float = 0.85, eta_b: float = 1.0
     for name, value in (("eta", eta), ("eta_b", eta_b)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    require_svd(op, "ddrm")
     steps = check_timesteps(timesteps, model)
     draw = noise_drawer(noise, generator)
     meas = SpectralMeasurement(y, op, sigma_y)
