@@ -84,22 +84,29 @@ def test_noiseless_ddnm_is_consistent_with_y_and_keeps_the_null_space():
     torch.testing.assert_close(null(out), null(infos[-1]["x0"]), rtol=1e-12, atol=1e-12)
 
 
-def test_one_step_by_hand_ddnm_plus():
-    """One DDNM+ step from x_t on denoising (H = I, s = 1), written out per coordinate."""
-    prior, op, y = gaussian_problem("deno", 0.5)
+@pytest.mark.parametrize("t_next", [100, 400])
+def test_one_step_by_hand_ddnm_plus(t_next):
+    """One DDNM+ step from x_t on denoising (H = I, s = 1), written out: at t' = 100 every coordinate is
+    less noisy than y (σ' < a'σ_y), at t' = 400 noisier."""
+    sigma_y, eta = 0.5, 0.6
+    prior, op, y = gaussian_problem("deno", sigma_y)
     g = torch.Generator().manual_seed(1)
     x_t = torch.randn(y.shape, generator=g, dtype=torch.float64)
     z = torch.randn(1, 16, generator=g, dtype=torch.float64)
-    infos, eta, sigma_y = [], 0.6, 0.5
-    solvers.ddnm(prior, y, op, sigma_y, [600, 100], eta=eta, x_T=x_t, noise=lambda shape: z,
+    infos = []
+    solvers.ddnm(prior, y, op, sigma_y, [600, t_next], eta=eta, x_T=x_t, noise=lambda shape: z,
                  callback=infos.append)
     eps = prior(x_t, torch.tensor([600]))
-    a_t, a_n = prior.alphas_cumprod[600], prior.alphas_cumprod[100]
+    a_t, a_n = prior.alphas_cumprod[600], prior.alphas_cumprod[t_next]
     x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    a, sigma = a_n.sqrt(), (1 - a_n).sqrt()
-    assert sigma < a * sigma_y  # every coordinate is less noisy than y at t' = 100: the "below" case
-    lam = sigma * math.sqrt(1 - eta**2) / (a * sigma_y)
-    expected = a * (x0 - lam * (x0 - y)) + sigma * eta * z.reshape(y.shape)
+    a, sigma, z = a_n.sqrt(), (1 - a_n).sqrt(), z.reshape(y.shape)
+    if t_next == 100:
+        assert sigma < a * sigma_y
+        lam = sigma * math.sqrt(1 - eta**2) / (a * sigma_y)
+        expected = a * (x0 - lam * (x0 - y)) + sigma * eta * z
+    else:
+        assert sigma > a * sigma_y
+        expected = a * y + (sigma**2 - a**2 * sigma_y**2).sqrt() * z
     torch.testing.assert_close(infos[1]["x"], expected, rtol=1e-12, atol=1e-12)
 
 
