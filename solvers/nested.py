@@ -1,7 +1,7 @@
 """Nested Diffusion (Elata et al.): a complete inner sampler inside every step of an outer DDIM process.
 
-At outer time t the inner sampler (DDRM, DDNM, ΠGDM or DPS for inverse problems — Algorithm 3 —, DDIM,
-DDPM or DPM-Solver++ for generation — Algorithm 2 —) runs from the outer state x_t itself down to t' = −1; its result x̂₀ is
+At outer time t the inner sampler (DDRM for inverse problems — Algorithm 3 —, DDIM, DDPM or DPM-Solver++
+for generation — Algorithm 2 —) runs from the outer state x_t itself down to t' = −1; its result x̂₀ is
 the anytime image, and the outer step is DDIM from (x_t, x̂₀):
 ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t), x_next = √ᾱ_n x̂₀ + √(1−ᾱ_n−σ²) ε̂ + σ z (η_o = 0 by default).
 

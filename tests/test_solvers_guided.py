@@ -111,10 +111,9 @@ def test_dps_on_the_saturating_sensor_fits_the_measurement():
     op = degradations.make("saturate", channels=1, image_size=(4, 4), gain=3.0)
     y = op.H(prior.sample(1, generator(15))).expand(16, -1, -1, -1)
     grid = solvers.ddrm_timesteps(50)
-    misfit = {}
+    x_T, misfit = torch.randn(16, 1, 4, 4, generator=generator(16), dtype=F64), {}
     for step_size in (0.0, 0.5):
-        out = solvers.dps(prior, y, op.H, grid, step_size=step_size, x_T=torch.randn(16, 1, 4, 4, generator=generator(16),
-                          dtype=F64), generator=generator(17))
+        out = solvers.dps(prior, y, op.H, grid, step_size=step_size, x_T=x_T, generator=generator(17))
         misfit[step_size] = (y - op.H(out)).reshape(16, -1).norm(dim=1).mean()
     assert misfit[0.5] < 0.5 * misfit[0.0]
 
