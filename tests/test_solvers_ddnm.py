@@ -126,3 +126,21 @@ def test_bad_timesteps_and_eta():
             solvers.ddnm(prior, y, op, 0.0, steps)
     with pytest.raises(ValueError, match="eta"):
         solvers.ddnm(prior, y, op, 0.0, [500, 0], eta=1.5)
+
+
+def test_callback_contract_dtype_and_generator():
+    prior, op, y = gaussian_problem("color", 0.1, shape=(3, 2, 2), batch=2)
+    model, infos = Recorder(prior), []
+    grid = solvers.ddrm_timesteps(10)
+    out = solvers.ddnm(model, y, op, 0.1, grid, generator=torch.Generator().manual_seed(3), callback=infos.append)
+    assert len(model.calls) == 10 and [i["t"] for i in infos] == grid and [i["nfe"] for i in infos] == list(range(1, 11))
+    assert all(i["x"].shape == i["x0"].shape == (2, 3, 2, 2) for i in infos)
+    source = torch.Generator().manual_seed(3)
+    again = solvers.ddnm(prior, y, op, 0.1, grid,
+                         noise=lambda shape: torch.randn(shape, generator=source, dtype=torch.float64))
+    assert torch.equal(out, again)
+    source = torch.Generator().manual_seed(3)  # the same float64 draws, cast to float32 by the solver
+    out32 = solvers.ddnm(prior, y.float(), op, 0.1, grid,
+                         noise=lambda shape: torch.randn(shape, generator=source, dtype=torch.float64))
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32, out.float(), rtol=1e-4, atol=1e-4)
