@@ -45,7 +45,10 @@ def make(name, channels=3, image_size=(256, 256), seed=0, **params):
                      f"or a composition a+b")
 
 
-def _composition(name, channels, image_size, seed, parts=None):
+def _composition(name, channels, image_size, seed, parts=None, **params):
+    if params:
+        raise ValueError(f"{name}: give the parts' parameters as parts=[spec, …] (one op.spec() per part), "
+                         f"not {', '.join(sorted(params))}=")
     names = name.split("+")
     if parts is None:
         ops = []

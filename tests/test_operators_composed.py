@@ -102,6 +102,10 @@ def test_no_svd_and_bad_compositions():
                              degradations.make("deno", channels=1, image_size=(4, 4)))
     with pytest.raises(ValueError, match="nothing can follow"):
         degradations.make("inp+deno", channels=1, image_size=(4, 4))
+    with pytest.raises(ValueError, match="parts="):
+        degradations.make("deblur_uni+inp", channels=1, image_size=(6, 6), width=3)
+    with pytest.raises(ValueError, match="linear operators"):
+        degradations.make("saturate+inp", channels=1, image_size=(6, 6))
 
 
 @pytest.mark.parametrize("name, extra", [("deblur_gauss+inp", [{"sigma": 1.0, "width": 3}, {"seed": 4}]),
