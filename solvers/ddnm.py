@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .common import alpha_bar, denoise, noise_drawer, require_svd
+from .common import alpha_bar, denoise, noise_drawer, require_svd, with_next
 from .ddrm import SpectralMeasurement
 
 
@@ -36,7 +36,7 @@ def ddnm(model, y, op, sigma_y, timesteps, eta: float = 0.85, x_T=None, noise=No
     meas = SpectralMeasurement(y, op, sigma_y)
     x = draw(meas.image_shape, y) if x_T is None else x_T
     x0, nfe = None, 0
-    for t, t_next in zip(steps, steps[1:] + [-1]):
+    for t, t_next in with_next(steps):
         a_next = alpha_bar(model, t_next, x)
         z = draw((x.shape[0], meas.dim), x)
         if t_next > t:  # time travel: back up the chain from the last uncorrected x̂₀
