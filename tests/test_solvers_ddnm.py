@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import degradations
 import solvers
-from _toy_ops import Recorder, gaussian_problem
+from _toy_ops import DenseOperator, Recorder, gaussian_problem
 
 DATA = torch.load(Path(__file__).parent / "data" / "ddnm_reference.pt", weights_only=True)
 RUNS = DATA["runs"]
@@ -122,15 +122,23 @@ def test_time_travel_reuses_the_uncorrected_x0():
     torch.testing.assert_close(infos[1]["x"], a.sqrt() * infos[0]["x0"], rtol=1e-12, atol=1e-12)
 
 
-def test_noiseless_ddnm_is_consistent_with_y_and_keeps_the_null_space():
-    """σ_y = 0: the result satisfies H x = y exactly, and its null-space part is the last x̂₀'s."""
+@pytest.mark.parametrize("kind", ["sr2", "rank-deficient"])
+def test_noiseless_ddnm_is_consistent_with_y_and_keeps_the_null_space(kind):
+    """σ_y = 0: the result satisfies H x = y exactly, and its null-space part is the last x̂₀'s; also for a
+    dense H of rank 4 < m = 6 (k < m)."""
     prior, op, y = gaussian_problem("sr2", 0.0, batch=2)
+    if kind == "rank-deficient":
+        g = torch.Generator().manual_seed(5)
+        left, right = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((6, 4), (4, 16)))
+        op = DenseOperator(left @ right / 4, (1, 4, 4))
+        y = op.H(prior.sample(2, g))
+        assert op.singulars().numel() == 4
     infos = []
     out = solvers.ddnm(prior, y, op, 0.0, solvers.ddrm_timesteps(10), generator=torch.Generator().manual_seed(0),
                        callback=infos.append)
-    torch.testing.assert_close(op.H(out), y, rtol=1e-12, atol=1e-12)
-    null = lambda x: op.Vt(x)[:, op.rank:]  # noqa: E731
-    torch.testing.assert_close(null(out), null(infos[-1]["x0"]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.H(out), y, rtol=1e-10, atol=1e-10)
+    k = op.singulars().numel()
+    torch.testing.assert_close(op.Vt(out)[:, k:], op.Vt(infos[-1]["x0"])[:, k:], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("t_next", [100, 400])
@@ -182,7 +190,8 @@ def test_callback_contract_dtype_and_generator():
     model, infos = Recorder(prior), []
     grid = solvers.ddrm_timesteps(10)
     out = solvers.ddnm(model, y, op, 0.1, grid, generator=torch.Generator().manual_seed(3), callback=infos.append)
-    assert len(model.calls) == 10 and [i["t"] for i in infos] == grid and [i["nfe"] for i in infos] == list(range(1, 11))
+    assert len(model.calls) == 10 and [i["t"] for i in infos] == grid
+    assert [i["nfe"] for i in infos] == list(range(1, 11))
     assert all(i["x"].shape == i["x0"].shape == (2, 3, 2, 2) for i in infos)
     source = torch.Generator().manual_seed(3)
     again = solvers.ddnm(prior, y, op, 0.1, grid,
