@@ -21,7 +21,9 @@ class HOnly:
     """An operator known only through H and Ht (hides any SVD)."""
 
     def __init__(self, op):
-        self.H, self.Ht, self.input_shape, self.name = op.H, op.Ht, op.input_shape, "h-only"
+        self.H, self.input_shape, self.name = op.H, op.input_shape, "h-only"
+        self.Ht = op.Ht if hasattr(op, "Ht") else (  # a DenseOperator: its matrix
+            lambda y: (y.reshape(y.shape[0], -1) @ op.matrix).reshape(y.shape[0], *op.input_shape))
 
 
 def standard_normal_prior(shape):
@@ -50,8 +52,15 @@ def test_pigdm_on_a_standard_normal_prior_is_ddim_on_the_exact_posterior(name, s
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
 
 
-def test_pigdm_conjugate_gradients_equal_the_svd_path():
+@pytest.mark.parametrize("kind", ["sr2", "rank-deficient"])
+def test_pigdm_conjugate_gradients_equal_the_svd_path(kind):
+    """Also for a dense H of rank 4 < m = 6, where (r² H Hᵀ + σ_y² I)⁻¹ has a part off U's columns that
+    Hᵀ annihilates."""
     prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    if kind == "rank-deficient":
+        left, right = (torch.randn(*shape, generator=generator(20), dtype=F64) for shape in ((6, 4), (4, 16)))
+        op = DenseOperator(left @ right / 4, (1, 4, 4))
+        y = op.H(prior.sample(2, generator(21))) + 0.1 * torch.randn(2, 6, generator=generator(22), dtype=F64)
     grid = solvers.ddrm_timesteps(10)
     x_T = torch.randn(2, 1, 4, 4, generator=generator(4), dtype=F64)
     via_svd = solvers.pigdm(prior, y, op, 0.1, grid, x_T=x_T, generator=generator(5))
