@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from .composition import compose
+
 
 class SVDOperator:
     """Base class: validation, derived H / Hᵀ / H⁺, spec() and per-(dtype, device) factor caches."""
@@ -76,6 +78,10 @@ class SVDOperator:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.spec()})"
+
+    def __matmul__(self, other):
+        """self @ other: apply `other`, then this operator (a `degradations.compose` of the two)."""
+        return compose(other, self)
 
     # ------------------------------------------------------------------ generic derived forms
     def _Ut(self, y):

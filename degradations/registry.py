@@ -7,21 +7,29 @@ also overrides the recipe of inp and inp_box);
 deblur_uni (`width` = 9), deblur_gauss (`sigma` = 10, `width` = 5), deblur_aniso (`sigma_h` = 1 vertical,
 `sigma_w` = 20 horizontal, `width` = 9), deblur (explicit `kernel_h`, `kernel_w`), all with `boundary`
 and `threshold`; sr_bicubic<r> (`threshold`); cs<r> (Walsh–Hadamard, 1/r of the coefficients, `seed`).
+saturate (`gain` = 2: the nonlinear y = tanh(gain·x)/tanh(gain), for DPS).
+Compositions: "a+b" is b ∘ a (e.g. deblur_gauss+inp: blur, then keep half the pixels), built from `parts`
+(one spec per operator, as `op.spec()` records them) or, without it, from the names with their defaults,
+each part taking the image its predecessor measures.
 """
 import inspect
 import re
 
 from .bicubic import BicubicSR
 from .colorization import Colorization
+from .composition import compose
 from .compressed_sensing import WalshHadamardCS
 from .deblurring import Deblurring, gaussian_kernel, uniform_kernel
 from .denoising import Denoising
 from .inpainting import Inpainting, box_mask, load_mask, random_mask
+from .saturation import Saturation
 from .superresolution import SuperResolution
 
 
 def make(name, channels=3, image_size=(256, 256), seed=0, **params):
     """Build the operator `name` for images (channels, *image_size); see the module docstring."""
+    if "+" in str(name):
+        return _composition(str(name), channels, image_size, seed, **params)
     for pattern, build in _FAMILIES:
         match = re.fullmatch(pattern, str(name))
         if match:
@@ -33,7 +41,29 @@ def make(name, channels=3, image_size=(256, 256), seed=0, **params):
                 raise ValueError(f"bad parameters for {name}: {error}") from None
             return build(*arguments, **keywords)
     raise ValueError(f"unknown degradation {name!r}; use one of deno, sr<r>, color, inp, inp_box, inp_mask, "
-                     f"deblur_uni, deblur_gauss, deblur_aniso, deblur, sr_bicubic<r>, cs<r>")
+                     f"deblur_uni, deblur_gauss, deblur_aniso, deblur, sr_bicubic<r>, cs<r>, saturate, "
+                     f"or a composition a+b")
+
+
+def _composition(name, channels, image_size, seed, parts=None, **params):
+    if params:
+        raise ValueError(f"{name}: give the parts' parameters as parts=[spec, …] (one op.spec() per part), "
+                         f"not {', '.join(sorted(params))}=")
+    names = name.split("+")
+    if parts is None:
+        ops = []
+        for part in names:
+            if ops and len(ops[-1].measurement_shape) != 3:
+                raise ValueError(f"{name}: {ops[-1].name} does not measure an image, so nothing can follow it")
+            shape = ops[-1].measurement_shape if ops else (channels, *image_size)
+            ops.append(make(part, channels=shape[0], image_size=shape[1:], seed=seed))
+    else:
+        ops = [make(**dict(part)) for part in parts]
+    op = compose(*ops)
+    if op.name != name or op.input_shape != (channels, *(int(n) for n in image_size)):
+        raise ValueError(f"the parts {op.name} for {tuple(op.input_shape)} images do not match "
+                         f"{name} for {(channels, *image_size)} images")
+    return op
 
 
 def _denoising(channels, image_size, seed):
@@ -107,6 +137,10 @@ def _compressed_sensing(ratio, channels, image_size, seed):
     return WalshHadamardCS(int(ratio), channels, image_size, seed)
 
 
+def _saturation(channels, image_size, seed, gain=2.0):
+    return Saturation(gain, channels, image_size)
+
+
 def _named(op, name, **spec_params):
     """Give an operator built by a named recipe that recipe's name and parameters for spec()."""
     op.name = name
@@ -127,4 +161,5 @@ _FAMILIES = [
     (r"deblur", _deblurring),
     (r"sr_bicubic(\d+)", _bicubic_sr),
     (r"cs(\d+)", _compressed_sensing),
+    (r"saturate", _saturation),
 ]

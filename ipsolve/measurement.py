@@ -3,8 +3,9 @@
 ``write_measurement("y.png", y, op, sigma_y)`` writes
 * ``y.png``: the measurement as an 8-bit image, clipped to [0, 1] — 8-bit quantisation is what users'
   degraded files have anyway. Super-resolution writes the small image, colorization a gray image,
-  denoising and deblurring a full-size image, inpainting the full-size image with the missing pixels at
-  0 (black) plus ``y.mask.png`` (white = observed);
+  denoising, deblurring and the saturating sensor a full-size image, inpainting the full-size image with
+  the missing pixels at 0 (black) plus ``y.mask.png`` (white = observed); a composition ending in
+  inpainting (e.g. deblur_gauss+inp) writes the image its inpainting part sees, with zeros and mask alike;
 * ``y.png.json``: {"operator": op.spec(), "sigma_y": {"model": σ, "pixel": σ/2}, "mask": "y.mask.png"}.
   The library's sigma_y is in model units ([-1, 1]); pixel units ([0, 1]) are half of it.
 
@@ -56,9 +57,10 @@ def write_measurement(path, y, op, sigma_y):
         raise ValueError(f"write_measurement takes one measurement of shape {op.measurement_shape}, "
                          f"got {tuple(y.shape)}")
     metadata = {"operator": op.spec(), "sigma_y": {"model": float(sigma_y), "pixel": float(sigma_y) / 2}}
-    if isinstance(op, Inpainting):
-        mask = op.mask
-        image = from_model(op.Ht(y))[0] * mask
+    inpainting = _inpainting_part(op)
+    if inpainting is not None:
+        mask = inpainting.mask
+        image = from_model(inpainting.Ht(y))[0] * mask
         save_image(mask[None].to(torch.float32), mask_path_for(path))
         metadata["mask"] = os.path.basename(mask_path_for(path))
     elif _is_image_shape(op.measurement_shape):
@@ -100,20 +102,22 @@ def read_sidecar(path) -> Sidecar:
         raise ValueError(f"{where}: sigma_y model {model} and pixel {pixel} disagree (model units are twice "
                          f"pixel units): fix one of them")
     mask_file, task = None, str(spec.get("name"))
-    if task.startswith("inp"):
+    parts = [dict(part) for part in spec.get("parts", [spec])]
+    if parts[-1].get("name", "").startswith("inp"):  # inpainting, alone or as the last part
         if not metadata.get("mask"):
             raise ValueError(f"{where} describes inpainting but names no mask file")
         mask_file = os.path.join(os.path.dirname(os.fspath(path)), metadata["mask"])
         if not os.path.isfile(mask_file):
             raise FileNotFoundError(f"{mask_file}: the mask file named by {where} is missing; put it back "
                                     f"beside the measurement")
-        if task == "inp_mask":  # the mask written beside the image is the one that made it
-            spec["mask_path"] = mask_file
+        if parts[-1]["name"] == "inp_mask":  # the mask written beside the image is the one that made it
+            parts[-1]["mask_path"] = mask_file
+            spec = dict(spec, parts=parts) if "parts" in spec else parts[-1]
     try:
         op = degradations.make(**spec)
     except TypeError as error:
         raise ValueError(f"{where}: the operator {spec} cannot be rebuilt ({error})") from None
-    if mask_file is not None and not torch.equal(degradations.load_mask(mask_file), op.mask):
+    if mask_file is not None and not torch.equal(degradations.load_mask(mask_file), _inpainting_part(op).mask):
         raise ValueError(f"{mask_file} is not the mask of the {task} operator that {where} records: "
                          f"restore the original mask file")
     return Sidecar(op, model, mask_file, task)
@@ -131,7 +135,8 @@ def sidecar_conflicts(sidecar: Sidecar, task=None, sigma_y=None, mask=None) -> l
         conflicts.append(("sigma_y", float(sigma_y), sidecar.sigma_y))
     if mask is not None:
         given = mask if torch.is_tensor(mask) else degradations.load_mask(mask)
-        recorded = getattr(sidecar.op, "mask", None)
+        inpainting = _inpainting_part(sidecar.op)
+        recorded = None if inpainting is None else inpainting.mask
         if recorded is None or tuple(given.shape) != tuple(recorded.shape) or not torch.equal(given, recorded):
             conflicts.append(("mask", mask if torch.is_tensor(mask) else os.fspath(mask),
                               sidecar.mask_file or "no mask"))
@@ -186,8 +191,9 @@ def _operator_for_image(path, image, task, mask):
 
 def _image_to_measurement(path, image, op):
     """The image file's pixels → y (1, *op.measurement_shape) in model space, or ValueError."""
-    if isinstance(op, Inpainting):
-        expected = op.input_shape
+    inpainting = _inpainting_part(op)
+    if inpainting is not None:
+        expected = inpainting.input_shape
     elif _is_image_shape(op.measurement_shape):
         expected = op.measurement_shape
     else:
@@ -199,7 +205,13 @@ def _image_to_measurement(path, image, op):
         raise ValueError(f"{path} is {'x'.join(map(str, image.shape))} (channels x H x W) but {op.name} "
                          f"expects {'x'.join(map(str, expected))}; check the task and image size")
     values = to_model(image)[None]
-    return op.H(values) if isinstance(op, Inpainting) else values
+    return inpainting.H(values) if inpainting is not None else values
+
+
+def _inpainting_part(op):
+    """The Inpainting that makes op's measurement: op itself, or the last part of a composition; else None."""
+    last = op.parts[-1] if isinstance(op, degradations.ComposedOperator) else op
+    return last if isinstance(last, Inpainting) else None
 
 
 def _is_image_shape(shape):

@@ -4,17 +4,23 @@ A model is anything with `alphas_cumprod` callable as model(x_t, t) → ε (mode
 `cond` is given); operators follow the SVD protocol of `degradations`. Every sampler takes explicit
 descending timesteps, makes exactly len(timesteps) model calls, steps after the last one to ᾱ = 1 and
 returns x̂₀; randomness comes from `noise(shape)` or a `generator`; callback(info) sees nfe, t, x, x0.
+Restorers: ddrm, ddnm (SVD operators; ddnm's grid may jump back up), pigdm (linear H with Ht), dps (any
+differentiable forward); pigdm and dps take one backward pass through the network per call.
 """
 from .ddim import ddim
+from .ddnm import ddnm, time_travel_timesteps
 from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
+from .dps import dps
 from .nested import NestedRun, Preview, nested
+from .pigdm import pigdm
 from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
                         linspace_timesteps, outer_timesteps, sd_inner_timesteps, sd_outer_timesteps)
 
 __all__ = [
-    "ddim", "ddpm", "ddrm", "ddrm_init", "dpm_solver", "nested", "NestedRun", "Preview", "ddrm_timesteps",
+    "ddim", "ddpm", "ddrm", "ddrm_init", "ddnm", "time_travel_timesteps", "pigdm", "dps", "dpm_solver", "nested",
+    "NestedRun", "Preview", "ddrm_timesteps",
     "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
     "inner_step_counts", "linspace_timesteps", "cut_to_budget",
 ]

@@ -90,3 +90,19 @@ def report(callback, nfe: int, t: int, x, x0, **extra) -> None:
     """callback({nfe, t, x, x0, …}) after a model call: x is the state the model saw at t, x0 its x̂₀."""
     if callback is not None:
         callback({"nfe": nfe, "t": t, "x": x, "x0": x0, **extra})
+
+
+SVD_SOLVERS, GENERAL_SOLVERS = ("ddrm", "ddnm"), ("pigdm", "dps")
+
+
+def has_svd(op) -> bool:
+    """Whether `op` offers the spectral protocol (V, Vt, U, Ut, singulars); `op.has_svd` can say no."""
+    return bool(getattr(op, "has_svd", callable(getattr(op, "singulars", None))))
+
+
+def require_svd(op, solver: str) -> None:
+    """ValueError, in one line, when `solver` (one that works in H's spectral space) gets an op without an SVD."""
+    if not has_svd(op):
+        name = getattr(op, "name", type(op).__name__)
+        raise ValueError(f"{solver} needs an operator with an SVD ({' and '.join(SVD_SOLVERS)} do) and {name} has "
+                         f"none: use {' or '.join(GENERAL_SOLVERS)}, which need only H and Ht")

@@ -26,13 +26,19 @@ def ddpm(model, x_T, timesteps, variance: str | None = None, noise=None, generat
     x = x_T
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
         _, v, a, x0 = denoise(model, x, t, cond, nfe, callback)
-        if t_next >= 0:
-            a_next = alpha_bar(model, t_next, x)
-            beta = 1 - a / a_next
-            mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x) / (1 - a)
-            log_var = _log_variance(variance, beta, beta * (1 - a_next) / (1 - a), v)
-            x = mean + (0.5 * log_var).exp() * draw(x.shape, x)
-    return x0
+        x = ancestral_step(x, x0, a, alpha_bar(model, t_next, x), variance, v, draw)
+    return x
+
+
+def ancestral_step(x, x0, a, a_next, variance: str, v, draw):
+    """One draw from N(posterior mean of x_{t'} given (x_t, x̂₀), σ²), σ² per `variance` (see `ddpm`);
+    the step to ᾱ' = 1 returns x̂₀ and draws nothing."""
+    if a_next >= 1:
+        return x0
+    beta = 1 - a / a_next
+    mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x) / (1 - a)
+    log_var = _log_variance(variance, beta, beta * (1 - a_next) / (1 - a), v)
+    return mean + (0.5 * log_var).exp() * draw(x.shape, x)
 
 
 def _log_variance(variance, beta, beta_tilde, v):

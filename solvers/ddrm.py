@@ -1,7 +1,7 @@
 """DDRM (Kawar et al. 2022): diffusion restoration in the spectral space of an SVD operator H = U Σ Vᵀ.
 
 Works with x̄ = x/√ᾱ and σ_t = √((1−ᾱ_t)/ᾱ_t); each spectral coordinate i of x̄ is updated on its own,
-by comparing its noise σ_{t'} with the measurement's σ_y/s_i (see ALGORITHMS.md §2).
+by comparing its noise σ_{t'} with the measurement's σ_y/s_i (the three cases are in `_step`).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .common import alpha_bar, check_timesteps, denoise, noise_drawer, with_next
+from .common import alpha_bar, check_timesteps, denoise, noise_drawer, require_svd, with_next
 
 
 class SpectralMeasurement:
@@ -40,6 +40,7 @@ def ddrm(model, y, op, sigma_y, timesteps, eta: float = 0.85, eta_b: float = 1.0
     for name, value in (("eta", eta), ("eta_b", eta_b)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    require_svd(op, "ddrm")
     steps = check_timesteps(timesteps, model)
     draw = noise_drawer(noise, generator)
     meas = SpectralMeasurement(y, op, sigma_y)
@@ -74,7 +75,8 @@ def _y_aware_init(meas, a, draw):
 
 
 def _step(meas, c, e, sigma_next, eta, eta_b, draw):
-    """x̄_{t'} in spectral coordinates from c = Vᵀx̂₀ and e = Vᵀε̂ (ALGORITHMS.md §2)."""
+    """x̄_{t'} in spectral coordinates from c = Vᵀx̂₀ and e = Vᵀε̂: per coordinate, missing (i ≥ k),
+    less noisy than y (s_i σ_{t'} < σ_y) or noisier (s_i σ_{t'} > σ_y)."""
     s, k, sigma_y = meas.s, meas.k, meas.sigma_y
     less_noisy = s * sigma_next < sigma_y
     noisier = s * sigma_next > sigma_y

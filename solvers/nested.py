@@ -17,18 +17,27 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import alpha_bar, check_timesteps, ddim_step, noise_drawer
+from .common import alpha_bar, check_timesteps, ddim_step, noise_drawer, require_svd
 from .ddim import ddim
+from .ddnm import ddnm
 from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
+from .dps import dps
+from .pigdm import pigdm
 from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
                         outer_timesteps)
 
-INNER_SAMPLERS = {"ddrm": ddrm, "ddim": ddim, "ddpm": ddpm, "dpm_solver": dpm_solver}
-INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddim": {"eta"}, "ddpm": {"variance"},
-                 "dpm_solver": {"order", "variant"}}
-DEFAULT_INNER_GRIDS = {"ddrm": inner_timesteps, "ddim": inner_timesteps, "ddpm": inner_timesteps,
+INNER_SAMPLERS = {"ddrm": ddrm, "ddnm": ddnm, "pigdm": pigdm, "dps": dps, "ddim": ddim, "ddpm": ddpm,
+                  "dpm_solver": dpm_solver}
+INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddnm": {"y", "op", "sigma_y", "eta"},
+                 "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations"}, "dps": {"y", "forward", "step_size"},
+                 "ddim": {"eta"}, "ddpm": {"variance"}, "dpm_solver": {"order", "variant"}}
+# restorers: the measurement options each needs; they are called by keyword
+REQUIRED_OPTIONS = {"ddrm": ("y", "op", "sigma_y"), "ddnm": ("y", "op", "sigma_y"), "pigdm": ("y", "op", "sigma_y"),
+                    "dps": ("y", "forward")}
+DEFAULT_INNER_GRIDS = {"ddrm": inner_timesteps, "ddnm": inner_timesteps, "pigdm": inner_timesteps,
+                       "dps": inner_timesteps, "ddim": inner_timesteps, "ddpm": inner_timesteps,
                        "dpm_solver": dpm_inner_timesteps}
 
 
@@ -50,14 +59,18 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
            callback=None, dtype=None, device=None, **inner_kwargs) -> NestedRun:
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
-    inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddim" (eta), "ddpm" (variance) or
-    "dpm_solver" (order, variant) — those options go in **inner_kwargs.
+    inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
+    (y, op, sigma_y; eta, cg_iterations), "dps" (y, forward; step_size), "ddim" (eta), "ddpm" (variance)
+    or "dpm_solver" (order, variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator
+    with an SVD; pigdm takes any linear operator with H and Ht, dps any differentiable forward.
     outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the default grid).
     inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule
     ("uniform", "front", "back") shares the S·I calls out over the outer steps (`inner_step_counts`).
     inner_grid: callable(t, count) → the inner timesteps (default per sampler, see the module doc).
     x_T: the first outer state; None → DDRM's y-aware initialisation at the top time for "ddrm" (so
-    S = 1 equals plain DDRM with the same draws), else standard normal noise of `shape` (dtype/device).
+    S = 1 equals plain DDRM with the same draws), standard normal noise shaped as the operator's images
+    (y's dtype/device) for ddnm, pigdm and dps (their plain start), else standard normal noise of `shape`
+    (dtype/device). Every inner run starts from the outer state itself, never re-initialised.
     budget: cap on the total number of model calls (the last inner run is shortened to fit).
     eta_outer: η of the outer DDIM step. Random draws come from `noise` or `generator`, as in the samplers.
     cond: passed to the model untouched (when not None); `run.set_cond` changes it for later inner runs.
@@ -70,8 +83,12 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     if unknown:
         raise ValueError(f"{', '.join(sorted(unknown))}: not an option of the {inner} inner sampler "
                          f"(it takes {', '.join(sorted(INNER_OPTIONS[inner]))})")
-    if inner == "ddrm" and not {"y", "op", "sigma_y"} <= set(inner_kwargs):
-        raise ValueError("nested DDRM needs y=, op= and sigma_y= (the measurement, operator and noise level)")
+    missing = [name for name in REQUIRED_OPTIONS.get(inner, ()) if name not in inner_kwargs]
+    if missing:
+        raise ValueError(f"nested {inner} needs {', '.join(f'{name}=' for name in REQUIRED_OPTIONS[inner])} "
+                         f"(missing {', '.join(missing)})")
+    if inner in ("ddrm", "ddnm"):
+        require_svd(inner_kwargs["op"], inner)
     if eta_outer < 0:
         raise ValueError(f"eta_outer must be non-negative, got {eta_outer}")
     outer_grid, inner_grids = _plan(model, inner, outer_steps, inner_steps, outer_timesteps, inner_schedule,
@@ -79,6 +96,11 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     if x_T is None and inner == "ddrm":
         x_T = ddrm_init(model, inner_kwargs["y"], inner_kwargs["op"], inner_kwargs["sigma_y"], outer_grid[0],
                         noise=noise, generator=generator)
+    elif x_T is None and inner in REQUIRED_OPTIONS:  # ddnm, pigdm, dps: pure noise, as when run alone
+        y, op = inner_kwargs["y"], inner_kwargs.get("op", inner_kwargs.get("forward"))
+        if shape is None and not hasattr(op, "input_shape"):
+            raise ValueError(f"nested {inner} needs x_T or shape= when its forward does not say its input_shape")
+        x_T = noise_drawer(noise, generator)(tuple(shape or (y.shape[0], *op.input_shape)), y)
     elif x_T is None:
         if shape is None:
             raise ValueError(f"nested {inner} needs x_T or shape= (the batch shape to start from noise)")
@@ -151,7 +173,7 @@ class NestedRun:
             lambda info: self.callback({**info, "nfe": offset + info["nfe"], "step": step}))
         common = dict(noise=self.noise, generator=self.generator, callback=callback, cond=self._cond)
         sampler = INNER_SAMPLERS[self.inner]
-        if self.inner == "ddrm":
+        if self.inner in REQUIRED_OPTIONS:
             return sampler(self.model, timesteps=grid, x_T=self._x, **common, **self.inner_kwargs)
         return sampler(self.model, self._x, grid, **common, **self.inner_kwargs)
 

@@ -1,0 +1,163 @@
+"""ΠGDM and DPS: exactness on Gaussian priors (closed forms), the conjugate-gradient path, call counts,
+autograd confinement, dtype, and DPS on the nonlinear saturating sensor."""
+import math
+
+import pytest
+import torch
+
+import degradations
+import solvers
+from _toy_ops import DenseOperator, Recorder, gaussian_problem, linear_alphas_cumprod, random_gaussian_prior
+from ipsolve.models import GaussianPrior
+
+F64 = torch.float64
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+class HOnly:
+    """An operator known only through H and Ht (hides any SVD)."""
+
+    def __init__(self, op):
+        self.H, self.input_shape, self.name = op.H, op.input_shape, "h-only"
+        self.Ht = op.Ht if hasattr(op, "Ht") else (  # a DenseOperator: its matrix
+            lambda y: (y.reshape(y.shape[0], -1) @ op.matrix).reshape(y.shape[0], *op.input_shape))
+
+
+def standard_normal_prior(shape):
+    dim = math.prod(shape)
+    return GaussianPrior(torch.zeros(shape, dtype=F64), torch.eye(dim, dtype=F64), linear_alphas_cumprod())
+
+
+def exact_posterior_model(prior, y, op, sigma_y):
+    """The diffusion model of p(x₀ | y) itself: its ε̂ is −√(1−ᾱ) ∇ log p(x_t | y)."""
+    post = prior.posterior(y, op, sigma_y)
+    return GaussianPrior(post.mean[0], post.covariance[0], prior.alphas_cumprod)
+
+
+@pytest.mark.parametrize("name, shape, sigma_y, eta", [("sr2", (1, 4, 4), 0.1, 0.0), ("sr2", (1, 4, 4), 0.0, 0.0),
+                                                     ("color", (3, 2, 2), 0.2, 1.0), ("inp", (1, 4, 4), 0.05, 0.5)])
+def test_pigdm_on_a_standard_normal_prior_is_ddim_on_the_exact_posterior(name, shape, sigma_y, eta):
+    """For N(0, I), x̂₀ = √ᾱ x_t and Cov[x₀ | x_t] = (1−ᾱ) I exactly, so the guidance is ∇ log p(y | x_t)
+    and each ΠGDM step is the DDIM step of the exact conditional model p(x₀ | y), whatever the grid."""
+    prior = standard_normal_prior(shape)
+    op = degradations.make(name, channels=shape[0], image_size=shape[1:], seed=2)
+    y = op.H(torch.randn(1, *shape, generator=generator(1), dtype=F64)) * 0.7
+    x_T = torch.randn(1, *shape, generator=generator(2), dtype=F64)
+    grid = [900, 610, 333, 80, 7, 0]
+    out = solvers.pigdm(prior, y, op, sigma_y, grid, eta=eta, x_T=x_T, generator=generator(3))
+    expected = solvers.ddim(exact_posterior_model(prior, y, op, sigma_y), x_T, grid, eta=eta, generator=generator(3))
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["sr2", "rank-deficient"])
+def test_pigdm_conjugate_gradients_equal_the_svd_path(kind):
+    """Also for a dense H of rank 4 < m = 6, where (r² H Hᵀ + σ_y² I)⁻¹ has a part off U's columns that
+    Hᵀ annihilates."""
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    if kind == "rank-deficient":
+        left, right = (torch.randn(*shape, generator=generator(20), dtype=F64) for shape in ((6, 4), (4, 16)))
+        op = DenseOperator(left @ right / 4, (1, 4, 4))
+        y = op.H(prior.sample(2, generator(21))) + 0.1 * torch.randn(2, 6, generator=generator(22), dtype=F64)
+    grid = solvers.ddrm_timesteps(10)
+    x_T = torch.randn(2, 1, 4, 4, generator=generator(4), dtype=F64)
+    via_svd = solvers.pigdm(prior, y, op, 0.1, grid, x_T=x_T, generator=generator(5))
+    via_cg = solvers.pigdm(prior, y, HOnly(op), 0.1, grid, x_T=x_T, generator=generator(5))
+    torch.testing.assert_close(via_cg, via_svd, rtol=1e-9, atol=1e-9)
+
+
+def test_pigdm_on_a_composition_equals_its_dense_svd():
+    """deblur ∘ mask has no SVD (conjugate gradients); its dense copy has one (closed form)."""
+    prior = random_gaussian_prior((1, 4, 4), generator(6))
+    op = degradations.make("deblur_uni+inp", channels=1, image_size=(4, 4), seed=1, parts=[
+        {"name": "deblur_uni", "channels": 1, "image_size": [4, 4], "width": 3},
+        {"name": "inp", "channels": 1, "image_size": [4, 4], "seed": 1}])
+    y = op.H(prior.sample(1, generator(7))) + 0.05 * torch.randn(1, 1, 8, generator=generator(8), dtype=F64)
+    x_T = torch.randn(1, 1, 4, 4, generator=generator(9), dtype=F64)
+    grid = solvers.ddrm_timesteps(8)
+    out = solvers.pigdm(prior, y, op, 0.05, grid, x_T=x_T, noise=torch.zeros)
+    expected = solvers.pigdm(prior, y.reshape(1, -1), DenseOperator.copy_of(op), 0.05, grid, x_T=x_T,
+                             noise=torch.zeros)
+    torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_dps_one_step_by_hand():
+    """One DPS step on a Gaussian prior, where x̂₀ = μ + M (x_t − √ᾱ μ) with M = √ᾱ Σ (ᾱΣ + (1−ᾱ)I)⁻¹,
+    so ∇_{x_t} ‖y − A x̂₀‖ = −Mᵀ Aᵀ r / ‖r‖; the ancestral step uses the posterior variance β̃."""
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    a_mat = DenseOperator.copy_of(op).matrix
+    x_t = torch.randn(1, 16, generator=generator(10), dtype=F64)
+    z = torch.randn(1, 1, 4, 4, generator=generator(11), dtype=F64)
+    infos = []
+    solvers.dps(prior, y, op, [600, 350], step_size=0.7, x_T=x_t.reshape(1, 1, 4, 4), noise=lambda shape: z,
+                callback=infos.append)
+    a, a_next = prior.alphas_cumprod[600], prior.alphas_cumprod[350]
+    mu, sigma = prior.means[0], prior.covariances[0]
+    m = a.sqrt() * sigma @ torch.linalg.inv(a * sigma + (1 - a) * torch.eye(16, dtype=F64))
+    x0 = mu + (x_t[0] - a.sqrt() * mu) @ m.T
+    r = y.reshape(-1) - a_mat @ x0
+    grad = -(m.T @ a_mat.T @ r) / r.norm()
+    beta = 1 - a / a_next
+    mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x_t[0]) / (1 - a)
+    expected = mean + (beta * (1 - a_next) / (1 - a)).sqrt() * z.reshape(-1) - 0.7 * grad
+    torch.testing.assert_close(infos[1]["x"].reshape(-1), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(infos[0]["distance"], r.norm().reshape(1), rtol=1e-10, atol=1e-10)
+
+
+def test_dps_without_guidance_is_ddpm():
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    x_T = torch.randn(2, 1, 4, 4, generator=generator(12), dtype=F64)
+    grid = solvers.ddrm_timesteps(10)
+    out = solvers.dps(prior, y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13))
+    torch.testing.assert_close(out, solvers.ddpm(prior, x_T, grid, generator=generator(13)), rtol=0, atol=0)
+
+
+def test_dps_on_the_saturating_sensor_fits_the_measurement():
+    """A nonlinear forward: guidance brings A(x̂₀) closer to y than unguided sampling from the same draws."""
+    prior = random_gaussian_prior((1, 4, 4), generator(14))
+    op = degradations.make("saturate", channels=1, image_size=(4, 4), gain=3.0)
+    y = op.H(prior.sample(1, generator(15))).expand(16, -1, -1, -1)
+    grid = solvers.ddrm_timesteps(50)
+    x_T, misfit = torch.randn(16, 1, 4, 4, generator=generator(16), dtype=F64), {}
+    for step_size in (0.0, 0.5):
+        out = solvers.dps(prior, y, op.H, grid, step_size=step_size, x_T=x_T, generator=generator(17))
+        misfit[step_size] = (y - op.H(out)).reshape(16, -1).norm(dim=1).mean()
+    assert misfit[0.5] < 0.5 * misfit[0.0]
+
+
+@pytest.mark.parametrize("solver", ["pigdm", "dps"])
+def test_one_call_per_step_autograd_only_around_it_and_dtype(solver):
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    seen = []
+
+    class Watch(Recorder):
+        def __call__(self, x, t, *cond):
+            seen.append(torch.is_grad_enabled())
+            return super().__call__(x, t, *cond)
+
+    model, infos = Watch(prior), []
+    args = (y, op, 0.1) if solver == "pigdm" else (y, op)
+    with torch.no_grad():
+        out = getattr(solvers, solver)(model, *args, solvers.ddrm_timesteps(10), generator=generator(),
+                                       callback=infos.append)
+    assert len(model.calls) == 10 and all(seen) and [i["nfe"] for i in infos] == list(range(1, 11))
+    assert out.dtype == F64 and out.shape == (1, 1, 4, 4) and not out.requires_grad
+    assert not any(i["x0"].requires_grad or i["x"].requires_grad for i in infos)
+    out32 = getattr(solvers, solver)(prior, y.float(), *args[1:], solvers.ddrm_timesteps(5), generator=generator())
+    assert out32.dtype == torch.float32
+
+
+def test_eta_zero_draws_nothing_and_bad_arguments():
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    grid = solvers.ddrm_timesteps(10)
+    x_T = torch.randn(2, 1, 4, 4, generator=generator(18), dtype=F64)
+    first = solvers.pigdm(prior, y, op, 0.1, grid, eta=0.0, x_T=x_T, noise=torch.zeros)
+    assert torch.equal(first, solvers.pigdm(prior, y, op, 0.1, grid, eta=0.0, x_T=x_T, generator=generator(1)))
+    with pytest.raises(ValueError, match="eta"):
+        solvers.pigdm(prior, y, op, 0.1, grid, eta=-1)
+    with pytest.raises(ValueError, match="step_size"):
+        solvers.dps(prior, y, op, grid, step_size=-1)
+    with pytest.raises(ValueError, match="x_T"):
+        solvers.dps(prior, y, op.H, grid)
