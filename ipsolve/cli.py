@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 from ipsolve import __version__
+from ipsolve.config import SOLVERS
 from ipsolve.cli_support import (EXIT_BAD_INPUT, check_writable_folder, deferred_interrupt, device_name,
                                  exit_code_for, existing_file, folder_name, handle_sigterm_as_interrupt, image_size,
-                                 one_line, positive_int, resolve_device, seed_int, unit_float)
+                                 one_line, positive_float, positive_int, resolve_device, seed_int,
+                                 unit_float)
 
 EXAMPLES = Path(__file__).parent / "examples"
 LAZY_COMMANDS = {  # imported only when run, so their dependencies never break restore / degrade
@@ -104,7 +106,8 @@ MEASUREMENT `example` (or `example:inp`) is a digit shipped with ipsolve; try
 def _add_restore(commands):
     parser = commands.add_parser(
         "restore", help="restore a degraded image, writing anytime previews as they come",
-        description="Restore a measurement with Nested Diffusion (DDRM inner runs) or plain DDRM.",
+        description="Restore a measurement with Nested Diffusion around an inverse-problem solver (DDRM by "
+        "default), or with the plain solver (--vanilla).",
         epilog=RESTORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("measurement", metavar="MEASUREMENT",
                         help="measurement image (made by `ipsolve degrade`), or `example[:sr4|inp]`")
@@ -120,18 +123,23 @@ def _add_restore(commands):
                         "gaussian:CxHxW (exact prior), a checkpoint file or a diffusers folder")
     parser.add_argument("--outer", type=positive_int, default=4, metavar="S", help="outer steps (default 4)")
     parser.add_argument("--inner", type=positive_int, default=5, metavar="I",
-                        help="network calls per inner DDRM run (default 5)")
+                        help="network calls per inner run (default 5)")
+    parser.add_argument("--solver", choices=SOLVERS, default="ddrm",
+                        help="the inner (or, with --vanilla, the plain) solver: ddrm (default) and ddnm take the "
+                        "SVD tasks (deno, srN, color, inp*, deblur_*, sr_bicubicN); pigdm also compositions such "
+                        "as deblur_gauss+inp; dps every task, the nonlinear saturate included")
     parser.add_argument("--budget", type=positive_int, metavar="NFE",
                         help="stop after this many network calls, from one inner run up to outer x inner "
                         "(default outer x inner)")
-    parser.add_argument("--eta", type=unit_float, default=0.85, help="DDRM eta (default 0.85)")
-    parser.add_argument("--eta-b", type=unit_float, default=1.0, help="DDRM eta_b (default 1.0)")
+    parser.add_argument("--eta", type=unit_float, help="eta of ddrm, ddnm (default 0.85) or pigdm (default 1.0)")
+    parser.add_argument("--eta-b", type=unit_float, help="eta_b of ddrm (default 1.0)")
+    parser.add_argument("--step-size", type=positive_float, metavar="Z", help="step size of dps (default 1.0)")
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
     parser.add_argument("--out", type=folder_name, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--vanilla", action="store_true",
-                        help="plain DDRM with the same budget; its x0 predictions at the same NFE as previews")
+                        help="the plain solver with the same budget; its x0 predictions at the same NFE as previews")
     parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_restore)
@@ -159,8 +167,9 @@ def run_restore(args) -> int:
 
     interrupt = None
     try:
-        restore(measurement, model, args.outer, args.inner, budget=args.budget, eta=args.eta, eta_b=args.eta_b,
-                batch=args.batch, vanilla=args.vanilla, generator=torch.Generator(device).manual_seed(args.seed),
+        restore(measurement, model, args.outer, args.inner, budget=args.budget, solver=args.solver,
+                eta=args.eta, eta_b=args.eta_b, step_size=args.step_size, batch=args.batch, vanilla=args.vanilla,
+                generator=torch.Generator(device).manual_seed(args.seed),
                 on_preview=on_preview, on_nfe=progress.nfe)
     except KeyboardInterrupt as stop:
         interrupt = stop
@@ -186,9 +195,13 @@ def _restore_inputs(args):
     ValueError / OSError.
 
     Everything is checked here, before anything is written."""
-    from ipsolve.restore import check_schedule
+    from ipsolve.restore import check_schedule, check_solver_takes, solver_options
 
     check_schedule(args.outer, args.inner, args.budget)
+    try:
+        solver_options(args.solver, eta=args.eta, eta_b=args.eta_b, step_size=args.step_size)
+    except ValueError:
+        raise ValueError(f"--solver {args.solver} takes no {_given_flags(args, args.solver)}") from None
     source = _measurement_path(args.measurement)
     mask = None if args.mask is None else str(existing_file(args.mask, "mask"))
     check_writable_folder(args.out)
@@ -205,6 +218,7 @@ def _restore_inputs(args):
     else:
         _check_plain_image_arguments(source, args.task, mask)
         measurement = read_measurement(source, task=args.task, sigma_y=sigma_y, mask=mask)
+    check_solver_takes(args.solver, measurement.op)
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
     check_steps(model, args.outer, args.inner)
@@ -212,6 +226,13 @@ def _restore_inputs(args):
     check_fits(model, tuple(measurement.op.input_shape), args.batch, device, force=args.force)
     measurement = measurement._replace(y=measurement.y.to(device))
     return source, measurement, mask, model, device, preview_marks(args.outer, args.inner, args.budget)
+
+
+def _given_flags(args, solver) -> str:
+    from ipsolve.config import SOLVER_OPTIONS
+
+    return ", ".join(f"--{name.replace('_', '-')}" for name in ("eta", "eta_b", "step_size")
+                     if getattr(args, name) is not None and name not in SOLVER_OPTIONS[solver])
 
 
 def _check_agrees_with_sidecar(source, task, sigma_y, mask) -> None:
@@ -229,9 +250,10 @@ def _check_plain_image_arguments(source, task, mask) -> None:
     if task is None:
         raise ValueError(f"{source} has no sidecar {Path(source).name}.json: give --task (e.g. sr4, deno, inp) "
                          f"and --sigma-y, and --mask for inpainting")
-    if task.startswith("inp") and mask is None:
+    inpainting = task.split("+")[-1].startswith("inp")
+    if inpainting and mask is None:
         raise ValueError(f"--task {task} on an image without sidecar needs --mask PNG (white = observed)")
-    if mask is not None and not task.startswith("inp"):
+    if mask is not None and not inpainting:
         raise ValueError(f"--mask is for inpainting (inp), not --task {task}")
 
 
@@ -249,7 +271,7 @@ def _run_record(args, source, model, measurement, mask_file, device) -> dict:
         "model": {"name": args.model, "image_shape": None if image_shape is None else list(image_shape)},
         "task": measurement.op.spec(),
         "mask": None if mask_file is None else str(Path(mask_file).resolve()),
-        "solver": "ddrm" if args.vanilla else "nested(ddrm)",
+        "solver": args.solver if args.vanilla else f"nested({args.solver})",
         "sigma_y": {"pixel": sigma_y / 2, "model": sigma_y},
         "seed": args.seed,
         "device": str(device),

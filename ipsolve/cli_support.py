@@ -40,6 +40,10 @@ def positive_int(text):
     return number(text, int, lambda value: value >= 1, "a positive integer")
 
 
+def positive_float(text):
+    return number(text, float, lambda value: 0 < value < float("inf"), "a positive number")
+
+
 def natural_int(text):
     return number(text, int, lambda value: value >= 0, "a non-negative integer")
 

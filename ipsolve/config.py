@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-METHOD_KINDS = ("ddrm", "nested")
+SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
+SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta",), "dps": ("step_size",)}
 
 
 def read_yaml(path) -> dict:
@@ -90,16 +91,22 @@ def load_task(reference, base_dir=None) -> TaskConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """A solver to evaluate: vanilla DDRM or Nested DDRM, with its keyword arguments.
+    """A (solver, plain | nested) pair to evaluate, with the solver's options (None: its default).
 
-    Nested: `splits` maps each budget to (outer_steps, inner_steps); runs with the same split are shared,
-    and a budget smaller than its run's total is read from the anytime preview after that many NFEs.
+    Plain: one run of `solver` per budget. Nested: `splits` maps each budget to (outer_steps,
+    inner_steps); runs with the same split are shared, and a budget smaller than its run's total is read
+    from the anytime preview after that many NFEs.
     """
     name: str
-    eta: float = 0.85
-    eta_b: float = 1.0
+    solver: str = "ddrm"
+    nested: bool = False
+    options: dict = field(default_factory=dict)
     eta_outer: float = 0.0
     splits: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "solver": self.solver, "nested": self.nested, "options": self.options,
+                "eta_outer": self.eta_outer, "splits": {str(b): list(s) for b, s in self.splits.items()}}
 
 
 @dataclass(frozen=True)
@@ -139,14 +146,32 @@ def _nested_splits(data: dict, budgets: tuple, where: str) -> dict:
     return {b: splits[b] for b in budgets}
 
 
+def solver_default(solver: str, option: str):
+    """The default value of `option` in the signature of solvers.`solver` (one source of truth)."""
+    import inspect
+
+    import solvers
+
+    return inspect.signature(getattr(solvers, solver)).parameters[option].default
+
+
 def _method(name: str, data: dict, budgets: tuple, where: str) -> MethodConfig:
-    if name not in METHOD_KINDS:
-        raise ValueError(f"{where}: unknown method {name!r}; choose among {list(METHOD_KINDS)}")
+    """A method entry `NAME: {solver:, nested:, options…}`; `solver` defaults to NAME when NAME is a solver
+    (else ddrm) and `nested` to whether NAME starts with "nested" (so `ddrm:` and `nested:` keep meaning
+    plain and Nested DDRM)."""
     data = dict(data or {})
-    allowed = {"eta", "eta_b"} | ({"eta_outer", "inner_steps", "splits"} if name == "nested" else set())
+    solver = str(data.pop("solver", name if name in SOLVERS else "ddrm"))
+    if solver not in SOLVERS:
+        raise ValueError(f"{where}.{name}: unknown solver {solver!r}; choose among {list(SOLVERS)}")
+    if name not in SOLVERS and not name.startswith("nested") and "nested" not in data:
+        raise ValueError(f"{where}: method {name!r} names no solver: use one of {list(SOLVERS)} or a name "
+                         f"starting with nested, or give solver: and nested:")
+    nested = bool(data.pop("nested", name.startswith("nested")))
+    allowed = set(SOLVER_OPTIONS[solver]) | ({"eta_outer", "inner_steps", "splits"} if nested else set())
     _check_keys(data, allowed, f"{where}.{name}")
-    splits = _nested_splits(data, budgets, f"{where}.{name}") if name == "nested" else {}
-    return MethodConfig(name=name, eta=float(data.get("eta", 0.85)), eta_b=float(data.get("eta_b", 1.0)),
+    splits = _nested_splits(data, budgets, f"{where}.{name}") if nested else {}
+    options = {key: float(data.get(key, solver_default(solver, key))) for key in SOLVER_OPTIONS[solver]}
+    return MethodConfig(name=name, solver=solver, nested=nested, options=options,
                         eta_outer=float(data.get("eta_outer", 0.0)), splits=splits)
 
 

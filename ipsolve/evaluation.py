@@ -1,4 +1,4 @@
-"""`ipsolve eval`: vanilla DDRM and Nested DDRM over a folder of images, at every NFE budget of a config.
+"""`ipsolve eval`: solvers, plain and nested, over a folder of images, at every NFE budget of a config.
 
 Data: the png / jpg / jpeg files of a folder sorted by name (`--limit N`: the first N), each scaled with
 antialiased bicubic interpolation so it covers the model's image size, then center-cropped to it (gray
@@ -62,11 +62,11 @@ class Run:
 
 
 def plan_runs(config: EvalConfig) -> list[Run]:
-    """Vanilla DDRM: one run per budget. Nested: one run per distinct split, read at its budgets."""
+    """Plain solvers: one run per budget. Nested: one run per distinct split, read at its budgets."""
     runs = []
     for task in config.tasks:
         for method in config.methods:
-            if method.name == "ddrm":
+            if not method.nested:
                 runs += [Run(task, method, (budget,)) for budget in config.budgets]
                 continue
             by_split = {}
@@ -160,16 +160,16 @@ def solve(model, run: Run, clean: torch.Tensor, op, generators) -> dict:
     y = op.H(to_model(clean))
     y = y + sigma_y * noise(tuple(y.shape)).to(y)
     method = run.method
-    if method.name == "ddrm":
+    measured = {"y": y, "forward": op} if method.solver == "dps" else {"y": y, "op": op, "sigma_y": sigma_y}
+    if not method.nested:
         (budget,) = run.budgets
         steps = solvers.ddrm_timesteps(budget, len(model.alphas_cumprod))
-        x0 = solvers.ddrm(model, y, op, sigma_y, steps, eta=method.eta, eta_b=method.eta_b, noise=noise)
+        x0 = getattr(solvers, method.solver)(model, timesteps=steps, noise=noise, **measured, **method.options)
         return {budget: (x0, len(steps))}
     outer, inner = run.split
     results = {}
-    previews = solvers.nested(model, inner="ddrm", outer_steps=outer, inner_steps=inner,
-                              eta_outer=method.eta_outer, noise=noise, y=y, op=op, sigma_y=sigma_y,
-                              eta=method.eta, eta_b=method.eta_b)
+    previews = solvers.nested(model, inner=method.solver, outer_steps=outer, inner_steps=inner,
+                              eta_outer=method.eta_outer, noise=noise, **measured, **method.options)
     for preview in previews:
         if preview.nfe in run.budgets:
             results[preview.nfe] = (preview.x0, preview.nfe)
@@ -185,9 +185,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def method_parameters(run: Run) -> dict:
     """Everything about the solver of `run` that changes its outputs."""
-    method = run.method
-    return {"name": method.name, "eta": method.eta, "eta_b": method.eta_b, "eta_outer": method.eta_outer,
-            "split": run.split, "budgets": list(run.budgets)}
+    return {**run.method.as_dict(), "split": run.split, "budgets": list(run.budgets)}
 
 
 class Evaluator:
@@ -293,8 +291,7 @@ def config_fingerprint(config: EvalConfig) -> str:
     result (the batch size and FID settings do not: FID is recomputed by every report)."""
     return provenance.fingerprint({
         "model": config.model, "tasks": [t.as_dict() for t in config.tasks], "budgets": list(config.budgets),
-        "methods": [{"name": m.name, "eta": m.eta, "eta_b": m.eta_b, "eta_outer": m.eta_outer,
-                     "splits": {str(b): list(s) for b, s in m.splits.items()}} for m in config.methods],
+        "methods": [m.as_dict() for m in config.methods],
         "seed": config.seed, "image_shape": config.image_shape, "lpips": config.lpips})
 
 

@@ -173,6 +173,12 @@ def read_measurement(path, task=None, sigma_y=None, mask=None, image_size=None):
 
 
 def _operator_for_image(path, image, task, mask):
+    if "+" in task:  # a composition: the file holds what its last part measured, of the size the others keep
+        *front, last = task.split("+")
+        measured = _operator_for_image(path, image, last, mask)
+        channels, height, width = measured.input_shape
+        return degradations.compose(*(degradations.make(name, channels=channels, image_size=(height, width))
+                                      for name in front), measured)
     channels, height, width = image.shape
     factor = re.fullmatch(r"(?:sr|sr_bicubic)(\d+)", task)
     if factor:

@@ -1,4 +1,8 @@
-"""Restoring a measurement with Nested Diffusion (DDRM inside) or plain DDRM, as an anytime process.
+"""Restoring a measurement with Nested Diffusion or a plain solver, as an anytime process.
+
+Solvers: ddrm (the default, the paper's inner process), ddnm (DDNM / DDNM+), pigdm (ΠGDM) and dps
+(DPS); ddrm and ddnm need an operator with an SVD, pigdm and dps take any linear operator (compositions
+such as deblur_gauss+inp), and dps also the nonlinear saturating sensor.
 
 `restore` is the library form of `ipsolve restore`: it calls `on_preview` with every anytime image the
 moment it exists and `on_nfe(nfe)` after every network evaluation, so a caller can show progress, write
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 import solvers
+from ipsolve.config import SOLVER_OPTIONS, SOLVERS
 from ipsolve.models.unet import DDPMUNet
 
 
@@ -48,27 +53,56 @@ def check_schedule(outer: int, inner: int, budget: int | None = None) -> None:
                          f"{outer * inner} NFE can use: raise the outer or inner steps, or lower the budget")
 
 
+SVD_SOLVERS = ("ddrm", "ddnm")
+
+
+def solver_options(solver: str, **given) -> dict:
+    """The options of `solver` among `given` (None = the solver's default); ValueError for an option the
+    solver does not take, so that no argument is ever silently ignored."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    given = {key: value for key, value in given.items() if value is not None}
+    unused = sorted(set(given) - set(SOLVER_OPTIONS[solver]))
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not an option of {solver} (it takes "
+                         f"{', '.join(SOLVER_OPTIONS[solver])})")
+    return given
+
+
+def check_solver_takes(solver: str, op) -> None:
+    """ValueError (one line) when `solver` needs an SVD that `op` does not have."""
+    if solver in SVD_SOLVERS and not getattr(op, "has_svd", True):
+        raise ValueError(f"{solver} needs an operator with an SVD, and {op.name} has none: use pigdm or dps")
+    if solver != "dps" and not hasattr(op, "Ht"):
+        raise ValueError(f"{op.name} is not linear: only dps takes it")
+
+
 def vanilla_timesteps(nfe: int, num_train_steps: int = 1000) -> list[int]:
     """DDRM's grid (skip = T // N, from the top down) cut to exactly `nfe` points (its 30 has 31)."""
     return solvers.ddrm_timesteps(nfe, num_train_steps)[-nfe:]
 
 
 def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
-            eta: float = 0.85, eta_b: float = 1.0, batch: int = 1, vanilla: bool = False,
+            solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
+            step_size: float | None = None, batch: int = 1, vanilla: bool = False,
             generator: torch.Generator | None = None, on_preview=None, on_nfe=None) -> list[Preview]:
     """Restore `measurement` (with .y, .op, .sigma_y in model units) with `model`; return the previews.
 
-    Nested Diffusion runs `outer` steps of `inner` DDRM calls each (at most `budget` NFE, the last inner
-    run shortened to fit); `vanilla` runs plain DDRM with as many calls and hands out its x̂₀
-    predictions at the same NFE marks, so the two anytime strips compare. `batch` draws that many
-    samples for the one measurement. The last preview is the result. Runs on the device of
-    measurement.y (put the model there too).
+    Nested Diffusion runs `outer` steps of `inner` calls of `solver` each (at most `budget` NFE, the
+    last inner run shortened to fit); `vanilla` runs the plain solver with as many calls and hands out
+    its x̂₀ predictions at the same NFE marks, so the two anytime strips compare. eta / eta_b / step_size
+    go to the solvers that take them (None: the solver's default; given to one that does not: an
+    error). `batch` draws that many samples for the one measurement. The last preview is the result.
+    Runs on the device of measurement.y (put the model there too).
     """
     marks = preview_marks(outer, inner, budget)
+    options = solver_options(solver, eta=eta, eta_b=eta_b, step_size=step_size)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     op, sigma_y = measurement.op, float(measurement.sigma_y)
+    check_solver_takes(solver, op)
     y = measurement.y.reshape(-1, *op.measurement_shape)[:1].repeat(batch, *([1] * len(op.measurement_shape)))
+    measured = {"y": y, "forward": op} if solver == "dps" else {"y": y, "op": op, "sigma_y": sigma_y}
     previews = []
 
     def hand_out(x0, nfe):
@@ -79,18 +113,18 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
     def after_call(info):
         if on_nfe is not None:
             on_nfe(info["nfe"])
-        if vanilla and info["nfe"] in marks:
+        if vanilla and info["nfe"] in marks[:-1]:
             hand_out(info["x0"], info["nfe"])
 
     with torch.no_grad():
-        if vanilla:
+        if vanilla:  # the x̂₀ predictions at the marks, then the solver's own result (for ddrm the same)
             timesteps = vanilla_timesteps(marks[-1], len(model.alphas_cumprod))
-            solvers.ddrm(model, y, op, sigma_y, timesteps, eta=eta, eta_b=eta_b, generator=generator,
-                         callback=after_call)
+            result = getattr(solvers, solver)(model, timesteps=timesteps, generator=generator, callback=after_call,
+                                              **measured, **options)
+            hand_out(result, marks[-1])
         else:
-            run = solvers.nested(model, inner="ddrm", outer_steps=outer, inner_steps=inner, budget=budget,
-                                 generator=generator, callback=after_call, y=y, op=op, sigma_y=sigma_y,
-                                 eta=eta, eta_b=eta_b)
+            run = solvers.nested(model, inner=solver, outer_steps=outer, inner_steps=inner, budget=budget,
+                                 generator=generator, callback=after_call, **measured, **options)
             for preview in run:
                 hand_out(preview.x0, preview.nfe)
     return previews

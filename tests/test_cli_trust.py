@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+import degradations
 from ipsolve.cli import main
+from ipsolve.measurement import write_measurement
 from ipsolve.imageio import load_image, save_image
 from test_cli import EXAMPLES, ENV, command, files_under, ipsolve_run, previews_in
 
@@ -32,6 +34,10 @@ def folder(tmp_path):
     mask[0, 0] = 128
     Image.fromarray(mask).save(tmp_path / "grey.png")
     Image.fromarray(np.zeros((2048, 2048), np.uint8)).save(tmp_path / "huge.png")
+    clean = load_image(tmp_path / "digit.png")[None] * 2 - 1
+    for task in ("deblur_gauss+inp", "saturate"):
+        op = degradations.make(task, channels=1, image_size=(32, 32), seed=0)
+        write_measurement(tmp_path / f"{task}.png", op.H(clean), op, sigma_y=0.0)
     (tmp_path / "bad.yml").write_text("model: embedded\ntasks: [deno\n")
     (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04 not really a checkpoint")
     return tmp_path
@@ -70,6 +76,10 @@ BAD_INPUTS = {  # arguments → what the one error line must say
                                            "more than the model's 1000 training timesteps"),
     "outer a million": (["restore", "digit_sr4.png", "--outer", "1000000", "--inner", "1000000"], "--outer 1000000"),
     "image too large for memory": (["restore", "huge.png", "--task", "deno"], "usable here"),
+    "ddrm on a composition": (["restore", "deblur_gauss+inp.png"], "ddrm needs an operator with an SVD"),
+    "pigdm on a nonlinear sensor": (["restore", "saturate.png", "--solver", "pigdm"], "only dps takes it"),
+    "an option the solver does not take": (["restore", "digit_sr4.png", "--solver", "ddnm", "--eta-b", "0.5"],
+                                           "--solver ddnm takes no --eta-b"),
     "seed overflow": (["restore", "digit_sr4.png", "--seed", str(2**70)], "--seed"),
     "device tpu": (["restore", "digit_sr4.png", "--device", "tpu"], "cpu, cuda or cuda:N"),
     "corrupt checkpoint": (["restore", "digit_sr4.png", "--model", "broken.ckpt"], "corrupt"),
@@ -175,3 +185,26 @@ def test_the_isotropic_smoke_prior_restores_a_colour_image_at_64x64(folder):
                        "--inner", 3, "--quiet", "--out", "run", cwd=folder)
     assert done.returncode == 0, done.stderr
     assert load_image(folder / "run" / "final.png").shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("measurement, solver", [("digit_sr4.png", "ddnm"), ("deblur_gauss+inp.png", "pigdm"),
+                                                 ("saturate.png", "dps")])
+def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, measurement, solver):
+    """`--solver S --vanilla` writes the x̂₀ of solvers.S run on the same grid with the same seed."""
+    import solvers
+    from ipsolve.measurement import read_measurement
+    from ipsolve.models import load_model
+    from ipsolve.restore import vanilla_timesteps
+
+    done = ipsolve_run("restore", measurement, "--solver", solver, "--vanilla", "--outer", 1, "--inner", 3,
+                       "--seed", 5, "--quiet", "--out", "run", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((folder / "run" / "run.json").read_text())
+    assert record["solver"] == solver and record["nfe"] == 3
+    read = read_measurement(folder / measurement)
+    measured = {"forward": read.op} if solver == "dps" else {"op": read.op, "sigma_y": read.sigma_y}
+    with torch.no_grad():
+        x0 = getattr(solvers, solver)(load_model("embedded"), y=read.y, timesteps=vanilla_timesteps(3),
+                                      generator=torch.Generator().manual_seed(5), **measured)
+    expected = ((x0[0] + 1) / 2).clamp(0, 1).mul(255).round() / 255
+    torch.testing.assert_close(load_image(folder / "run" / "final.png"), expected, rtol=0, atol=1.5 / 255)

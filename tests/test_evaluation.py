@@ -75,7 +75,7 @@ def test_config_errors_say_what_is_wrong(tmp_path):
         load_eval_config(write_config(tmp_path, methods={"nested": {"inner_steps": 3}}))
     with pytest.raises(ValueError, match="unknown keys \\['budget'\\]"):
         load_eval_config(write_config(tmp_path, budget=[2]))
-    with pytest.raises(ValueError, match="unknown method 'ddpm'"):
+    with pytest.raises(ValueError, match="method 'ddpm' names no solver"):
         load_eval_config(write_config(tmp_path, methods={"ddpm": {}}))
 
 
@@ -152,3 +152,20 @@ def test_command_line_runs_eval(tmp_path, digits, capsys):
                  "--out", str(tmp_path / "out"), "--no-fid"])
     assert code == 0 and "2 images" in capsys.readouterr().out
     assert main(["eval", "--config", str(config), "--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_methods_are_solver_and_plain_or_nested_pairs(tmp_path, digits):
+    methods = {"ddnm": {}, "nested_pigdm": {"solver": "pigdm", "inner_steps": 2, "eta": 0.5},
+               "dps": {"step_size": 0.5}, "nested": {"inner_steps": 2}}
+    config = load_eval_config(write_config(tmp_path, tasks=["sr4"], methods=methods))
+    by_name = {m.name: m for m in config.methods}
+    assert (by_name["ddnm"].solver, by_name["ddnm"].nested, by_name["ddnm"].options) == ("ddnm", False, {"eta": 0.85})
+    assert (by_name["nested_pigdm"].solver, by_name["nested_pigdm"].nested) == ("pigdm", True)
+    assert by_name["nested_pigdm"].options == {"eta": 0.5} and by_name["dps"].options == {"step_size": 0.5}
+    assert (by_name["nested"].solver, by_name["nested"].nested) == ("ddrm", True)
+    with pytest.raises(ValueError, match="unknown keys \\['eta_b'\\]"):
+        load_eval_config(write_config(tmp_path, methods={"ddnm": {"eta_b": 1.0}}))
+    report = evaluate(config, digits, tmp_path / "out", limit=2)
+    assert report["computed"] == 2 * 2 + 2 * 2 + 2 + 2  # images × runs: plain, one per budget; nested, one
+    rows = read_rows(tmp_path / "out" / "results.csv")
+    assert {r["method"] for r in rows} == set(methods) and all(math.isfinite(float(r["psnr"])) for r in rows)
