@@ -110,3 +110,17 @@ def test_resumed_after_kill_9_at_three_moments_gives_byte_identical_tables(tmp_p
     done = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert tables(out) == expected
+
+
+def test_lpips_is_skipped_with_a_note_when_the_images_are_too_small_for_its_network(tmp_path, capsys):
+    from ipsolve.cli import main
+
+    data = digit_folder(tmp_path / "data", 0, count=2)
+    config = tmp_path / "small.yml"
+    config.write_text(yaml.safe_dump({"model": "embedded", "tasks": [{"name": "deno", "operator": "deno"}],
+                                      "budgets": [2], "methods": {"ddrm": {}}, "metrics": {"lpips": "alex"}}))
+    code = main(["eval", "--config", str(config), "--data", str(data), "--model", "gaussian:3x8x8", "--no-fid",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert "LPIPS (alex) was skipped: its network cannot take 8x8 images" in (tmp_path / "out" / "table.md").read_text()
+    assert "nan" in (tmp_path / "out" / "results.csv").read_text().splitlines()[1]
