@@ -110,7 +110,8 @@ def _add_restore(commands):
         "default), or with the plain solver (--vanilla).",
         epilog=RESTORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("measurement", metavar="MEASUREMENT",
-                        help="measurement image (made by `ipsolve degrade`), or `example[:sr4|inp]`")
+                        help="measurement image (made by `ipsolve degrade`), `example[:sr4|inp]`, or a folder of "
+                        "them (one run folder each under --out, plus index.csv; resumable; torchrun shards it)")
     parser.add_argument("--task", help="operator name (deno, sr4, sr16, color, inp, …); needed without a sidecar, "
                         "must match it with one")
     parser.add_argument("--sigma-y", type=unit_float, metavar="S",
@@ -136,6 +137,8 @@ def _add_restore(commands):
     parser.add_argument("--step-size", type=positive_float, metavar="Z", help="step size of dps (default 1.0)")
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B",
+                        help="with a folder: measurements of one task solved together per forward pass (default 4)")
     parser.add_argument("--out", type=folder_name, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--vanilla", action="store_true",
@@ -147,6 +150,8 @@ def _add_restore(commands):
 
 def run_restore(args) -> int:
     """Validate everything, then restore with a progress bar, writing every preview as it comes."""
+    if Path(args.measurement).is_dir():
+        return run_restore_folder(args)
     source, measurement, mask_file, model, device, marks = _restore_inputs(args)
 
     import torch
@@ -190,26 +195,55 @@ def run_restore(args) -> int:
     return 0
 
 
-def _restore_inputs(args):
-    """(measurement path, measurement, its mask file or None, model, device, preview NFE marks), or
-    ValueError / OSError.
-
-    Everything is checked here, before anything is written."""
-    from ipsolve.restore import check_schedule, check_solver_takes, solver_options
-
-    check_schedule(args.outer, args.inner, args.budget)
-    try:
-        solver_options(args.solver, eta=args.eta, eta_b=args.eta_b, step_size=args.step_size)
-    except ValueError:
-        raise ValueError(f"--solver {args.solver} takes no {_given_flags(args, args.solver)}") from None
-    source = _measurement_path(args.measurement)
-    mask = None if args.mask is None else str(existing_file(args.mask, "mask"))
-    check_writable_folder(args.out)
-
-    from ipsolve.measurement import has_sidecar, read_measurement, read_sidecar  # after the quick checks
+def run_restore_folder(args) -> int:
+    """`ipsolve restore DIR --out OUT`: every measurement of DIR, one run folder each plus OUT/index.csv."""
+    from ipsolve import distributed
+    from ipsolve.batch_restore import BatchSettings, list_measurements, restore_folder
     from ipsolve.models import load_model
     from ipsolve.resources import check_fits, check_steps
-    from ipsolve.restore import check_model_fits, preview_marks
+    from ipsolve.restore import check_schedule
+
+    check_schedule(args.outer, args.inner, args.budget)
+    if args.batch != 1:
+        raise ValueError("--batch (samples per input) is for one measurement; with a folder use --batch-size")
+    options = _checked_solver_options(args)
+    mask = None if args.mask is None else str(existing_file(args.mask, "mask"))
+    list_measurements(args.measurement)
+    check_writable_folder(args.out)
+    workers = distributed.start(args.device)
+    try:
+        model = load_model(args.model, device=workers.device)
+        check_steps(model, args.outer, args.inner)
+        if getattr(model, "image_shape", None):
+            check_fits(model, tuple(model.image_shape), args.batch_size, workers.device, force=args.force)
+        settings = BatchSettings(args.outer, args.inner, args.budget, args.solver, options, args.vanilla, args.seed,
+                                 args.model)
+        jobs = restore_folder(args.measurement, args.out, model,
+                              lambda path: _read_for(args, path, mask, model, workers.device), settings,
+                              batch_size=args.batch_size, workers=workers, progress=not args.quiet)
+    finally:
+        distributed.stop(workers)
+    if not workers.is_main:
+        return 0
+    counts = {status: sum(job.status.startswith(status) for job in jobs) for status in ("done", "reused", "failed")}
+    print(f"{Path(args.out) / 'index.csv'}: {len(jobs)} measurements, {counts['done']} restored, "
+          f"{counts['reused']} reused, {counts['failed']} failed")
+    return 0
+
+
+def _read_for(args, source, mask, model, device):
+    """One measurement of a folder, checked as `ipsolve restore FILE` checks it (ValueError / OSError)."""
+    from ipsolve.restore import check_model_fits
+
+    measurement, _ = _read_checked(args, source, mask)
+    check_model_fits(model, tuple(measurement.op.input_shape), device)
+    return measurement
+
+
+def _read_checked(args, source, mask):
+    """(measurement, its mask file or None): the sidecar rule applied, the solver able to take its task."""
+    from ipsolve.measurement import has_sidecar, read_measurement, read_sidecar
+    from ipsolve.restore import check_solver_takes
 
     sigma_y = None if args.sigma_y is None else 2 * args.sigma_y
     if has_sidecar(source):
@@ -219,6 +253,36 @@ def _restore_inputs(args):
         _check_plain_image_arguments(source, args.task, mask)
         measurement = read_measurement(source, task=args.task, sigma_y=sigma_y, mask=mask)
     check_solver_takes(args.solver, measurement.op)
+    return measurement, mask
+
+
+def _checked_solver_options(args) -> dict:
+    from ipsolve.restore import solver_options
+
+    try:
+        return solver_options(args.solver, eta=args.eta, eta_b=args.eta_b, step_size=args.step_size)
+    except ValueError:
+        raise ValueError(f"--solver {args.solver} takes no {_given_flags(args, args.solver)}") from None
+
+
+def _restore_inputs(args):
+    """(measurement path, measurement, its mask file or None, model, device, preview NFE marks), or
+    ValueError / OSError.
+
+    Everything is checked here, before anything is written."""
+    from ipsolve.restore import check_schedule
+
+    check_schedule(args.outer, args.inner, args.budget)
+    _checked_solver_options(args)
+    source = _measurement_path(args.measurement)
+    mask = None if args.mask is None else str(existing_file(args.mask, "mask"))
+    check_writable_folder(args.out)
+
+    from ipsolve.models import load_model  # after the quick checks above: slow imports
+    from ipsolve.resources import check_fits, check_steps
+    from ipsolve.restore import check_model_fits, preview_marks
+
+    measurement, mask = _read_checked(args, source, mask)
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
     check_steps(model, args.outer, args.inner)

@@ -25,6 +25,16 @@ def image_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(image_seed(seed, index))
 
 
+def per_image_noise(generators: list[torch.Generator]):
+    """noise(shape) for a batch: row b is drawn from generators[b] (CPU, float32), so an image's draws do
+    not depend on which other images share its batch."""
+    def noise(shape):
+        if shape[0] != len(generators):
+            raise ValueError(f"noise asked for a batch of {shape[0]}, the batch has {len(generators)} images")
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+    return noise
+
+
 @dataclass(frozen=True)
 class Workers:
     rank: int = 0

@@ -144,18 +144,9 @@ def load_clean(path: Path, shape: tuple) -> torch.Tensor:
     return (image * 255).round() / 255
 
 
-def per_image_noise(generators: list[torch.Generator]):
-    """noise(shape) for a batch: row b is drawn from generators[b] (CPU, float32)."""
-    def noise(shape):
-        if shape[0] != len(generators):
-            raise ValueError(f"noise asked for a batch of {shape[0]}, the batch has {len(generators)} images")
-        return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
-    return noise
-
-
 def solve(model, run: Run, clean: torch.Tensor, op, generators) -> dict:
     """Measure `clean` ([0, 1] images) with `op` and run the solver: {budget: (x0 in model space, NFE)}."""
-    noise = per_image_noise(generators)
+    noise = distributed.per_image_noise(generators)
     sigma_y = run.task.sigma_y_model
     y = op.H(to_model(clean))
     y = y + sigma_y * noise(tuple(y.shape)).to(y)

@@ -95,14 +95,27 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
     error). `batch` draws that many samples for the one measurement. The last preview is the result.
     Runs on the device of measurement.y (put the model there too).
     """
-    marks = preview_marks(outer, inner, budget)
-    options = solver_options(solver, eta=eta, eta_b=eta_b, step_size=step_size)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    op, sigma_y = measurement.op, float(measurement.sigma_y)
-    check_solver_takes(solver, op)
+    op = measurement.op
     y = measurement.y.reshape(-1, *op.measurement_shape)[:1].repeat(batch, *([1] * len(op.measurement_shape)))
+    return restore_batch(y, op, measurement.sigma_y, model, outer, inner, budget=budget, solver=solver, eta=eta,
+                         eta_b=eta_b, step_size=step_size, vanilla=vanilla, generator=generator,
+                         on_preview=on_preview, on_nfe=on_nfe)
+
+
+def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
+                  solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
+                  step_size: float | None = None, vanilla: bool = False, generator: torch.Generator | None = None,
+                  noise=None, on_preview=None, on_nfe=None) -> list[Preview]:
+    """`restore` for a batch of measurements y (B, *op.measurement_shape) of one operator and noise level;
+    random draws from `noise` (a callable, e.g. one generator per row) or else `generator`."""
+    marks = preview_marks(outer, inner, budget)
+    options = solver_options(solver, eta=eta, eta_b=eta_b, step_size=step_size)
+    check_solver_takes(solver, op)
+    sigma_y = float(sigma_y)
     measured = {"y": y, "forward": op} if solver == "dps" else {"y": y, "op": op, "sigma_y": sigma_y}
+    draws = {"noise": noise} if noise is not None else {"generator": generator}
     previews = []
 
     def hand_out(x0, nfe):
@@ -119,12 +132,12 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
     with torch.no_grad():
         if vanilla:  # the x̂₀ predictions at the marks, then the solver's own result (for ddrm the same)
             timesteps = vanilla_timesteps(marks[-1], len(model.alphas_cumprod))
-            result = getattr(solvers, solver)(model, timesteps=timesteps, generator=generator, callback=after_call,
+            result = getattr(solvers, solver)(model, timesteps=timesteps, callback=after_call, **draws,
                                               **measured, **options)
             hand_out(result, marks[-1])
         else:
             run = solvers.nested(model, inner=solver, outer_steps=outer, inner_steps=inner, budget=budget,
-                                 generator=generator, callback=after_call, **measured, **options)
+                                 callback=after_call, **draws, **measured, **options)
             for preview in run:
                 hand_out(preview.x0, preview.nfe)
     return previews

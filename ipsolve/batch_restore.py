@@ -1,0 +1,224 @@
+"""Restoring every measurement of a folder: `ipsolve restore DIR --out OUT`, on one process or many.
+
+Measurements are the .png files of DIR sorted by name (mask files `*.mask.png` excluded); index i is the
+position in that list. Each is read with its sidecar, or with the one --task / --sigma-y / --mask given
+for all. Measurements of one operator and noise level are solved together, `batch_size` per forward
+pass; image i draws everything from its own generator seeded `seed * 1_000_003 + i`, so its result does
+not depend on the batch it shares or on how the folder is sharded over processes (torchrun: rank r takes
+i = r, r+K, …).
+
+Outputs: OUT/NAME/ (NAME = the file's stem) is the run folder `ipsolve restore` writes for that image,
+its run.json holding `key`, the fingerprint of what produced it (the measurement, sidecar and mask bytes,
+the model's weights, the solver and its options, steps, budget, the image's seed, the ipsolve version).
+A rerun reuses a finished image only when its key is unchanged. OUT/index.csv (written by rank 0 at the
+end): source, task, NFE, seconds, status — `done`, `reused`, `failed: reason` — one bad file never stops
+the others.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import ipsolve
+from ipsolve import distributed, provenance
+from ipsolve.cli_support import one_line
+from ipsolve.imageio import atomic_path
+from ipsolve.restore import Preview, restore_batch
+from ipsolve.run_folder import RunFolder, record_failure
+
+INDEX_COLUMNS = ("index", "source", "task", "nfe", "seconds", "status", "folder")
+
+
+def list_measurements(folder) -> list[Path]:
+    """The measurement images of `folder` sorted by name (mask files excluded)."""
+    files = sorted(p for p in Path(folder).iterdir()
+                   if p.is_file() and p.suffix.lower() == ".png" and not p.name.lower().endswith(".mask.png"))
+    if not files:
+        raise ValueError(f"{folder} holds no .png measurement")
+    names = [p.stem for p in files]
+    twins = sorted({name for name in names if names.count(name) > 1})
+    if twins:
+        raise ValueError(f"{folder}: several measurements are named {twins[0]} (case aside): rename them")
+    return files
+
+
+@dataclass
+class Job:
+    """One measurement of the folder and what became of it."""
+    index: int
+    source: Path
+    measurement: object = None
+    task: str = ""
+    key: str = ""
+    status: str = "pending"
+    nfe: int = 0
+    seconds: float = 0.0
+    files: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Everything but the measurements that decides a result (and the record of each run)."""
+    outer: int
+    inner: int
+    budget: int | None
+    solver: str
+    options: dict
+    vanilla: bool
+    seed: int
+    model_name: str
+
+    def as_dict(self) -> dict:
+        return {"outer": self.outer, "inner": self.inner, "budget": self.budget, "solver": self.solver,
+                "options": self.options, "vanilla": self.vanilla, "seed": self.seed}
+
+
+def job_key(job: Job, settings: BatchSettings, model_key: str) -> str:
+    """The fingerprint of what produces `job`'s result: its files' bytes, the model and the settings."""
+    source = job.source
+    inputs = [source, Path(f"{source}.json")]
+    mask = job.measurement.op.spec().get("mask_path") if job.measurement is not None else None
+    inputs += [Path(mask)] if mask else []
+    return provenance.fingerprint({
+        "ipsolve": ipsolve.__version__, "model": model_key, "settings": settings.as_dict(),
+        "files": [provenance.file_fingerprint(p) if p.is_file() else None for p in inputs],
+        "operator": job.measurement.op.spec(), "sigma_y": float(job.measurement.sigma_y),
+        "seed": distributed.image_seed(settings.seed, job.index)})
+
+
+def stored_record(folder: Path) -> dict:
+    """The run.json of `folder` ({} when missing or unreadable)."""
+    try:
+        return json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def restore_folder(folder, out, model, read, settings: BatchSettings, *, batch_size: int = 4,
+                   workers: distributed.Workers | None = None, progress: bool = True) -> list[Job]:
+    """Restore this process's share of the measurements of `folder` into `out`; return every job of the
+    folder (rank 0) after writing OUT/index.csv. `read(path)` reads one measurement (raising ValueError /
+    OSError for a bad file)."""
+    workers = workers or distributed.Workers()
+    files = list_measurements(folder)
+    out = Path(out)
+    model_key = provenance.model_fingerprint(model)
+    jobs = [Job(index, files[index]) for index in workers.shard(len(files))]
+    for job in jobs:
+        try:
+            job.measurement = read(job.source)
+            job.task, job.key = job.measurement.op.name, job_key(job, settings, model_key)
+        except (ValueError, OSError) as error:
+            _fail_alone(job, out, error)
+            continue
+        stored = stored_record(out / job.source.stem)
+        if stored.get("status") == "done" and stored.get("key") == job.key:
+            job.status, job.nfe, job.seconds = "reused", stored.get("nfe", 0), stored.get("elapsed_s", 0.0)
+    pending = [job for job in jobs if job.status == "pending"]
+    with tqdm(total=len(pending), desc="restore", unit="image", disable=not (progress and workers.is_main)) as bar:
+        for group in _groups(pending):
+            for start in range(0, len(group), batch_size):
+                _solve(group[start:start + batch_size], out, model, settings, workers.device, bar)
+                bar.update(len(group[start:start + batch_size]))
+    workers.barrier()
+    if not workers.is_main:
+        return jobs
+    every = _read_back(files, out, jobs)
+    write_index(out / "index.csv", every)
+    return every
+
+
+def _fail_alone(job: Job, out: Path, error: Exception) -> None:
+    """A file that cannot be restored: its run folder says why (for the index, on any rank)."""
+    job.status = f"failed: {one_line(error)}"
+    run_folder = RunFolder(out / job.source.stem)
+    run_folder.start({"ipsolve_version": ipsolve.__version__, "measurement": str(job.source.resolve()),
+                      "index": job.index})
+    record_failure(run_folder, error)
+
+
+def _groups(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs of one operator and noise level (they can share forward passes), in index order."""
+    groups = {}
+    for job in jobs:
+        key = json.dumps([job.measurement.op.spec(), float(job.measurement.sigma_y)], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
+
+
+def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, bar) -> None:
+    """One batched restore; each image's previews go to its own run folder."""
+    first = batch[0].measurement
+    y = torch.cat([job.measurement.y for job in batch]).to(device)
+    generators = [distributed.image_generator(settings.seed, job.index) for job in batch]
+    folders = [RunFolder(out / job.source.stem) for job in batch]
+    for job, run_folder in zip(batch, folders):
+        run_folder.start(_record(job, settings, str(device)))
+    start = time.perf_counter()
+
+    def on_preview(preview: Preview):
+        for row, run_folder in enumerate(folders):
+            run_folder.add_preview(Preview(preview.x0[row:row + 1], preview.nfe, preview.step),
+                                   time.perf_counter() - start)
+        bar.set_postfix(nfe=preview.nfe)
+
+    try:
+        restore_batch(y, first.op, first.sigma_y, model, settings.outer, settings.inner, budget=settings.budget,
+                      solver=settings.solver, vanilla=settings.vanilla, noise=distributed.per_image_noise(generators),
+                      on_preview=on_preview, **settings.options)
+    except (ValueError, OSError, RuntimeError) as error:
+        for job, run_folder in zip(batch, folders):
+            job.status = f"failed: {one_line(error)}"
+            record_failure(run_folder, error)
+        return
+    except KeyboardInterrupt:
+        for run_folder in folders:
+            run_folder.finish({"interrupted": True})
+        raise
+    elapsed = round(time.perf_counter() - start, 3)
+    for job, run_folder in zip(batch, folders):
+        job.status, job.nfe, job.seconds = "done", run_folder.record.get("nfe", 0), elapsed
+        run_folder.finish({"interrupted": False, "elapsed_s": elapsed})
+
+
+def _record(job: Job, settings: BatchSettings, device: str) -> dict:
+    measurement = job.measurement
+    sigma_y = float(measurement.sigma_y)
+    return {"ipsolve_version": ipsolve.__version__, "torch_version": torch.__version__, "key": job.key,
+            "measurement": str(job.source.resolve()), "index": job.index,
+            "model": {"name": settings.model_name}, "task": measurement.op.spec(),
+            "solver": settings.solver if settings.vanilla else f"nested({settings.solver})",
+            "settings": settings.as_dict(), "sigma_y": {"pixel": sigma_y / 2, "model": sigma_y},
+            "seed": distributed.image_seed(settings.seed, job.index), "device": device,
+            "nfe": 0, "interrupted": False}
+
+
+def _read_back(files: list[Path], out: Path, mine: list[Job]) -> list[Job]:
+    """Every job of the folder: this process's as they ended, the other ranks' from their run.json."""
+    own = {job.index: job for job in mine}
+    every = []
+    for index, source in enumerate(files):
+        if index in own:
+            every.append(own[index])
+            continue
+        job, record = Job(index, source), stored_record(out / source.stem)
+        job.status = "done" if record.get("status") == "done" else f"failed: {record.get('error', 'no run record')}"
+        job.nfe, job.seconds = record.get("nfe", 0), record.get("elapsed_s", 0.0)
+        job.task = (record.get("task") or {}).get("name", "")
+        every.append(job)
+    return every
+
+
+def write_index(path: Path, jobs: list[Job]) -> None:
+    rows = [{"index": job.index, "source": job.source.name, "task": job.task, "nfe": job.nfe, "seconds": job.seconds, "status": job.status, "folder": job.source.stem}
+            for job in jobs]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
