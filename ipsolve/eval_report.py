@@ -1,7 +1,11 @@
 """The tables, plot and metadata of `ipsolve eval`, written by rank 0 from the per-image records on disk.
 
     per_image.csv   one row per (task, method, budget, image): NFE, PSNR, LPIPS
-    results.csv     one row per (task, method, budget): means of PSNR / LPIPS, FID and KID of the set
+    results.csv     one row per (task, method, budget): means of PSNR / LPIPS, FID and KID of the set, and
+                    the anytime consistency (the paper's Appendix B): the mean MSE and LPIPS between the
+                    image a user sees at that NFE and the same run's final — for nested methods the
+                    preview, for plain solvers the x̂₀ after that many calls of the run with the largest
+                    budget (what a user of the plain solver watched before)
     table.md        Table-2-style markdown (PSNR, LPIPS, FID, KID against NFE) and the log-FID AUC
     curves.png      PSNR and FID against NFE, one column per task
     results.json    everything above plus versions, seeds, noise units and metric backends
@@ -30,7 +34,8 @@ from ipsolve.imageio import atomic_path
 
 REPORT_FILES = ("per_image.csv", "results.csv", "table.md", "curves.png", "results.json")
 PER_IMAGE_COLUMNS = ("task", "method", "budget", "nfe", "index", "source", "psnr", "lpips")
-RESULT_COLUMNS = ("task", "method", "budget", "nfe", "images", "psnr", "lpips", "fid", "kid")
+RESULT_COLUMNS = ("task", "method", "budget", "nfe", "images", "psnr", "lpips", "fid", "kid", "to_final_mse",
+                  "to_final_lpips")
 
 
 def read_records(config, layout, count: int) -> list[dict]:
@@ -65,11 +70,25 @@ def summarise(config, layout, records: list[dict], device) -> list[dict]:
             features = metrics.image_features(files, extractor, mode=config.fid_mode, device=device)
             fid = metrics.fid_from_features(features, reference)
             kid = metrics.kid_from_features(features, reference)
+        to_final = consistency(records, task.name, method, budget, config.budgets[-1])
         rows.append({"task": task.name, "method": method.name, "budget": budget,
                      "nfe": group[0]["nfe"], "images": len(group),
                      "psnr": float(np.mean([r["psnr"] for r in group])),
-                     "lpips": float(np.mean([r["lpips"] for r in group])), "fid": fid, "kid": kid})
+                     "lpips": float(np.mean([r["lpips"] for r in group])), "fid": fid, "kid": kid,
+                     "to_final_mse": to_final["mse"], "to_final_lpips": to_final["lpips"]})
     return rows
+
+
+def consistency(records: list[dict], task: str, method, budget: int, largest: int) -> dict:
+    """Mean MSE / LPIPS from what a user sees at `budget` to the run's final (see the module doc)."""
+    if method.nested:
+        values = [r["to_final"] for r in records if (r["task"], r["method"], r["budget"]) == (task, method.name, budget)]
+    elif budget == largest:
+        return {"mse": 0.0, "lpips": 0.0}
+    else:
+        values = [r["x0_to_final"][str(budget)] for r in records
+                  if (r["task"], r["method"], r["budget"]) == (task, method.name, largest)]
+    return {key: float(np.mean([v[key] for v in values])) for key in ("mse", "lpips")}
 
 
 def log_fid_aucs(rows: list[dict]) -> dict:
@@ -107,6 +126,15 @@ def markdown_table(rows: list[dict], aucs: dict, config, model_name: str, lpips_
                 values = [_cell(cells[b][key], digits, cells[b]["nfe"], b) for b in budgets]
                 lines.append(f"| {task.name} | {method.name} | " + " | ".join(values) + " |")
         lines.append("")
+    lines += ["## Anytime consistency: MSE from the image shown at each NFE to the run's final (lower is steadier)",
+              "", header, rule]
+    for task in config.tasks:
+        for method in config.methods:
+            cells = {r["budget"]: r for r in rows if (r["task"], r["method"]) == (task.name, method.name)}
+            values = [_cell(cells[b]["to_final_mse"], 5) + f" / {_cell(cells[b]['to_final_lpips'], 4)}"
+                      for b in budgets]
+            lines.append(f"| {task.name} | {method.name} | " + " | ".join(values) + " |")
+    lines += ["", "(each cell: MSE on [0, 1] images / LPIPS; plain solvers: the x̂₀ of their largest-budget run)", ""]
     lines += ["## log-FID AUC (area under ln FID against NFE, trapezoid rule; lower is better)", "",
               "| task | " + " | ".join(m.name for m in config.methods) + " |",
               "|---|" + "---|" * len(config.methods)]
@@ -134,7 +162,8 @@ def plot_curves(path: Path, rows: list[dict], config) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    keys = [("psnr", "PSNR (dB)")] + ([("fid", "FID")] if config.fid_mode is not None else [])
+    keys = [("psnr", "PSNR (dB)")] + ([("fid", "FID")] if config.fid_mode is not None else []) + [
+        ("to_final_mse", "MSE to the run's final")]
     figure, axes = plt.subplots(len(keys), len(config.tasks), squeeze=False,
                                 figsize=(3.2 * len(config.tasks), 2.8 * len(keys)))
     for column, task in enumerate(config.tasks):

@@ -144,8 +144,9 @@ def load_clean(path: Path, shape: tuple) -> torch.Tensor:
     return (image * 255).round() / 255
 
 
-def solve(model, run: Run, clean: torch.Tensor, op, generators) -> dict:
-    """Measure `clean` ([0, 1] images) with `op` and run the solver: {budget: (x0 in model space, NFE)}."""
+def solve(model, run: Run, clean: torch.Tensor, op, generators, capture: tuple = ()) -> tuple[dict, dict]:
+    """Measure `clean` ([0, 1] images) with `op` and run the solver: ({budget: (x0 in model space, NFE)},
+    {n: the plain solver's x̂₀ after n calls} for each n of `capture` (plain solvers only))."""
     noise = distributed.per_image_noise(generators)
     sigma_y = run.task.sigma_y_model
     y = op.H(to_model(clean))
@@ -155,8 +156,15 @@ def solve(model, run: Run, clean: torch.Tensor, op, generators) -> dict:
     if not method.nested:
         (budget,) = run.budgets
         steps = solvers.ddrm_timesteps(budget, len(model.alphas_cumprod))
-        x0 = getattr(solvers, method.solver)(model, timesteps=steps, noise=noise, **measured, **method.options)
-        return {budget: (x0, len(steps))}
+        seen = {}
+
+        def keep(info):
+            if info["nfe"] in capture:
+                seen[info["nfe"]] = info["x0"].detach()
+
+        x0 = getattr(solvers, method.solver)(model, timesteps=steps, noise=noise, callback=keep, **measured,
+                                             **method.options)
+        return {budget: (x0, len(steps))}, seen
     outer, inner = run.split
     results = {}
     previews = solvers.nested(model, inner=method.solver, outer_steps=outer, inner_steps=inner,
@@ -166,7 +174,7 @@ def solve(model, run: Run, clean: torch.Tensor, op, generators) -> dict:
             results[preview.nfe] = (preview.x0, preview.nfe)
         if len(results) == len(run.budgets):
             break
-    return results
+    return results, {}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -174,9 +182,25 @@ def write_json(path: Path, data: dict) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
-def method_parameters(run: Run) -> dict:
-    """Everything about the solver of `run` that changes its outputs."""
-    return {**run.method.as_dict(), "split": run.split, "budgets": list(run.budgets)}
+def method_parameters(run: Run, capture: tuple = ()) -> dict:
+    """Everything about the solver of `run` that changes its stored record."""
+    return {**run.method.as_dict(), "split": run.split, "budgets": list(run.budgets), "capture": list(capture)}
+
+
+def captured_budgets(config: EvalConfig, run: Run) -> tuple:
+    """The smaller budgets at which the largest plain run's x̂₀ is compared with its final (anytime
+    consistency of the plain solver); () for nested runs and smaller plain runs."""
+    if run.method.nested or run.budgets[-1] != config.budgets[-1]:
+        return ()
+    return tuple(b for b in config.budgets if b < run.budgets[-1])
+
+
+def distances(images: torch.Tensor, reference: torch.Tensor, lpips_net: str | None) -> list[dict]:
+    """Per image: MSE and LPIPS between [0, 1] images and a reference batch (LPIPS NaN without a network)."""
+    mse = ((images - reference) ** 2).flatten(1).mean(1).tolist()
+    lpips = (metrics.lpips_distance(images, reference, net=lpips_net).tolist() if lpips_net
+             else [math.nan] * len(images))
+    return [{"mse": m, "lpips": d} for m, d in zip(mse, lpips)]
 
 
 class Evaluator:
@@ -197,7 +221,8 @@ class Evaluator:
             self._data_keys[index] = provenance.file_fingerprint(self.images[index])
         return provenance.fingerprint({
             "ipsolve": ipsolve.__version__, "model": self.model_key, "image_shape": list(self.shape),
-            "task": run.task.as_dict(), "method": method_parameters(run), "budget": budget,
+            "task": run.task.as_dict(), "method": method_parameters(run, captured_budgets(self.config, run)),
+            "budget": budget,
             "data": self._data_keys[index], "seed": distributed.image_seed(self.config.seed, index),
             "lpips": self.lpips_net})
 
@@ -246,12 +271,15 @@ class Evaluator:
         clean = torch.stack([load_clean(self.images[i], self.shape) for i in batch]).to(device)
         generators = [distributed.image_generator(self.config.seed, i) for i in batch]
         with torch.no_grad():
-            results = solve(self.model, run, clean, op, generators)
+            results, trajectory = solve(self.model, run, clean, op, generators, captured_budgets(self.config, run))
+        final = from_model(results[max(results)][0]).clamp(0, 1)
+        along = {b: distances(from_model(x0).clamp(0, 1), final, self.lpips_net) for b, x0 in trajectory.items()}
         for budget, (x0, nfe) in results.items():
             restored = from_model(x0).clamp(0, 1)
             psnrs = metrics.psnr(restored, clean).tolist()
             lpipses = (metrics.lpips_distance(restored, clean, net=self.lpips_net).tolist()
                        if self.lpips_net else [math.nan] * len(batch))
+            to_final = distances(restored, final, self.lpips_net) if run.method.nested else None
             for row, index in enumerate(batch):
                 if index not in pending:
                     continue
@@ -261,7 +289,8 @@ class Evaluator:
                     "index": index, "source": self.images[index].name, "task": run.task.name,
                     "method": run.method.name, "budget": budget, "nfe": nfe, "split": run.split,
                     "seed": distributed.image_seed(self.config.seed, index),
-                    "psnr": psnrs[row], "lpips": lpipses[row], "key": self.key(run, budget, index)})
+                    "psnr": psnrs[row], "lpips": lpipses[row], "to_final": to_final and to_final[row],
+                    "x0_to_final": {str(b): along[b][row] for b in along}, "key": self.key(run, budget, index)})
         self.computed += len(pending)
 
 

@@ -169,3 +169,41 @@ def test_methods_are_solver_and_plain_or_nested_pairs(tmp_path, digits):
     assert report["computed"] == 2 * 2 + 2 * 2 + 2 + 2  # images × runs: plain, one per budget; nested, one
     rows = read_rows(tmp_path / "out" / "results.csv")
     assert {r["method"] for r in rows} == set(methods) and all(math.isfinite(float(r["psnr"])) for r in rows)
+
+
+def test_anytime_consistency_against_a_direct_computation(tmp_path, digits):
+    """results.csv's distance to the final, recomputed here from the solvers with the images' own draws."""
+    import degradations
+    import solvers
+    from ipsolve.distributed import image_generator, per_image_noise
+    from ipsolve.evaluation import load_clean
+    from ipsolve.models import load_model
+
+    config = load_eval_config(write_config(tmp_path, tasks=["sr4"], budgets=[2, 4], seed=3,
+                                           methods={"ddrm": {}, "nested": {"inner_steps": 2}},
+                                           metrics={"lpips": None, "fid": None}))
+    evaluate(config, digits, tmp_path / "out", limit=2)
+    rows = {(r["method"], r["budget"]): r for r in read_rows(tmp_path / "out" / "results.csv")}
+
+    model, op = load_model("gaussian:1x32x32"), degradations.make("sr4", channels=1, image_size=(32, 32))
+    clean = torch.stack([load_clean(p, (1, 32, 32)) for p in list_images(digits, 2)])
+    sigma = config.tasks[0].sigma_y_model
+
+    def measured():
+        noise = per_image_noise([image_generator(3, i) for i in range(2)])
+        return noise, op.H(2 * clean - 1) + sigma * noise((2, *op.measurement_shape))
+
+    noise, y = measured()
+    previews = [p.x0 for p in solvers.nested(model, inner="ddrm", outer_steps=2, inner_steps=2, noise=noise, y=y,
+                                             op=op, sigma_y=sigma)]
+    noise, y = measured()
+    seen = {}
+    final = solvers.ddrm(model, y, op, sigma, solvers.ddrm_timesteps(4), noise=noise,
+                         callback=lambda info: seen.setdefault(info["nfe"], info["x0"]))
+    shown = lambda x: ((x + 1) / 2).clamp(0, 1)  # noqa: E731
+    mse = lambda a, b: ((shown(a) - shown(b)) ** 2).mean().item()  # noqa: E731 (equal-size images: mean of means)
+    assert float(rows[("nested", "2")]["to_final_mse"]) == pytest.approx(mse(previews[0], previews[1]), rel=1e-5)
+    assert float(rows[("nested", "4")]["to_final_mse"]) == 0
+    assert float(rows[("ddrm", "2")]["to_final_mse"]) == pytest.approx(mse(seen[2], final), rel=1e-5)
+    assert float(rows[("ddrm", "2")]["to_final_mse"]) > 10 * float(rows[("nested", "2")]["to_final_mse"]) > 0
+    assert "Anytime consistency" in (tmp_path / "out" / "table.md").read_text()
