@@ -398,9 +398,9 @@ def run_degrade(args) -> int:
     check_writable_folder(output.parent)
     source = existing_file(args.image, "image")
     mask_path = None if args.mask is None else existing_file(args.mask, "mask")
-    if mask_path is not None and not args.task.startswith("inp"):
+    if mask_path is not None and not args.task.split("+")[-1].startswith("inp"):
         raise ValueError(f"--mask is for inpainting (inp), not {args.task!r}")
-    if args.task == "inp_mask" and mask_path is None:
+    if args.task.split("+")[-1] == "inp_mask" and mask_path is None:
         raise ValueError("--task inp_mask needs --mask PNG (white = observed, black = missing)")
     _check_inputs_survive(output, [source, mask_path])
 

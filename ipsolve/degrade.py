@@ -17,13 +17,22 @@ def degrade(image: torch.Tensor, task: str, sigma_y: float, seed: int = 0, mask:
     if sigma_y < 0:
         raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
     channels, height, width = image.shape
-    params = {} if mask is None else {"mask": mask}
-    op = degradations.make(task, channels=channels, image_size=(height, width), seed=seed, **params)
+    op = _operator(task, channels, (height, width), seed, mask)
     clean = to_model(image)[None]
     generator = torch.Generator(clean.device).manual_seed(seed)
     y = op.H(clean)
     noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
     return y + sigma_y * noise, op
+
+
+def _operator(task: str, channels: int, size: tuple, seed: int, mask):
+    """The operator named `task`; `mask` replaces the random mask of its inpainting (last) part."""
+    if mask is None:
+        return degradations.make(task, channels=channels, image_size=size, seed=seed)
+    *front, last = task.split("+")
+    parts = [degradations.make(name, channels=channels, image_size=size, seed=seed) for name in front]
+    measured = degradations.make(last, channels=channels, image_size=size, seed=seed, mask=mask)
+    return degradations.compose(*parts, measured) if parts else measured
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
