@@ -107,9 +107,16 @@ def test_budget_on_a_non_square_image(work):
     assert load_image(work / "wide" / "final.png").shape == (1, 32, 48)
 
 
+def default_sigint():
+    """In the child before exec: a pytest started with SIGINT ignored (a background job) passes that on,
+    and Python then installs no KeyboardInterrupt handler; `restore_signals` does not cover SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_the_latest_preview_as_final(tmp_path):
     process = subprocess.Popen(command("restore", "example", "--outer", 200, "--inner", 5, "--out", "run"),
-                               cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not previews_in(tmp_path / "run") and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
