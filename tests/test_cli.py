@@ -162,6 +162,9 @@ BAD_INPUTS = {
     "degrade not png": ["degrade", "plain.png", "--task", "sr4", "-o", "y.jpg"],
     "degrade nan sigma": ["degrade", "plain.png", "--task", "sr4", "--sigma-y", "nan", "-o", "y.png"],
     "degrade bad size": ["degrade", "plain.png", "--task", "sr4", "--size", "0x5", "-o", "y.png"],
+    "degrade compressed sensing (not an image)": ["degrade", "plain.png", "--task", "cs4", "--size", "16x16",
+                                                  "-o", "y.png"],
+    "restore compressed sensing (not an image)": ["restore", "plain.png", "--task", "cs2", "--out", "o"],
     "unknown command": ["frobnicate"],
 }
 
