@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import center_crop
 from tqdm import tqdm
 
 import degradations
@@ -107,7 +106,8 @@ def fit_image(image: torch.Tensor, size: tuple) -> torch.Tensor:
     scaled = (max(height, round(image.shape[1] * scale)), max(width, round(image.shape[2] * scale)))
     if scaled != tuple(image.shape[1:]):
         image = F.interpolate(image[None], size=scaled, mode="bicubic", antialias=True)[0].clamp(0, 1)
-    return center_crop(image, [height, width])
+    top, left = round((image.shape[1] - height) / 2), round((image.shape[2] - width) / 2)  # centred crop
+    return image[:, top:top + height, left:left + width]
 
 
 def load_clean(path: Path, shape: tuple) -> torch.Tensor:

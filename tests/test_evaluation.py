@@ -168,3 +168,11 @@ def test_eval_configs_resolve_by_packaged_name_and_relative_to_their_file(tmp_pa
     assert [(t.operator, t.sigma_y_pixel) for t in config.tasks] == [("deno", 0.2), ("sr4", 0.0)]
     with pytest.raises(ValueError, match="no eval config named 'nope'.*embedded_smoke"):
         load_eval_config("nope")
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 32), (3, 32, 45), (1, 33, 34)])
+def test_fit_image_crops_the_centre_as_torchvision_does(shape):
+    from torchvision.transforms.functional import center_crop
+
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fit_image(image, (32, 32)), center_crop(image, [32, 32]), rtol=0, atol=0)
