@@ -170,7 +170,7 @@ def test_eval_configs_resolve_by_packaged_name_and_relative_to_their_file(tmp_pa
         load_eval_config("nope")
 
 
-@pytest.mark.parametrize("shape", [(3, 37, 32), (3, 32, 45), (1, 32, 35)]  # already covering: crop only)
+@pytest.mark.parametrize("shape", [(3, 37, 32), (3, 32, 45), (1, 32, 35)])  # covering 32×32 already: crop only
 def test_fit_image_crops_the_centre_as_torchvision_does(shape):
     from torchvision.transforms.functional import center_crop
 
