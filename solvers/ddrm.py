@@ -1,7 +1,7 @@
 """DDRM (Kawar et al. 2022): diffusion restoration in the spectral space of an SVD operator H = U Σ Vᵀ.
 
 Works with x̄ = x/√ᾱ and σ_t = √((1−ᾱ_t)/ᾱ_t); each spectral coordinate i of x̄ is updated on its own,
-by comparing its noise σ_{t'} with the measurement's σ_y/s_i (see ALGORITHMS.md §2).
+by comparing its noise σ_{t'} with the measurement's σ_y/s_i (see docs/algorithms.md §2).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _y_aware_init(meas, a, draw):
 
 
 def _step(meas, c, e, sigma_next, eta, eta_b, draw):
-    """x̄_{t'} in spectral coordinates from c = Vᵀx̂₀ and e = Vᵀε̂ (ALGORITHMS.md §2)."""
+    """x̄_{t'} in spectral coordinates from c = Vᵀx̂₀ and e = Vᵀε̂ (docs/algorithms.md §2)."""
     s, k, sigma_y = meas.s, meas.k, meas.sigma_y
     less_noisy = s * sigma_next < sigma_y
     noisier = s * sigma_next > sigma_y
