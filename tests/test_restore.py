@@ -201,6 +201,22 @@ def test_run_folder_draws_one_strip_row_per_sample_and_replaces_earlier_outputs(
     assert Image.open(tmp_path / "final.png").size == (2 * 8 + 2, 6 + 2)  # 2 samples: a 2-column grid
 
 
+def test_run_folder_strip_shows_the_measurement_first_and_a_psnr_line_when_the_clean_image_is_known(tmp_path):
+    clean = torch.rand(1, 4, 6, generator=seeded(5))
+    folder = RunFolder(tmp_path, measurement=clean, clean=clean)
+    folder.prepare()
+    for preview in fake_previews(batch=2):
+        folder.add_preview(preview, elapsed_s=0.0)
+    folder.finish({})
+    tile_w, tile_h, line = 6 * 43, 4 * 43, FONT_SIZE + 6
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.size == (GAP + 4 * (tile_w + GAP), line + 2 * (tile_h + line + GAP))
+    shown = torch.from_numpy(np.array(strip.convert("L"))).float() / 255
+    measurement_tile = shown[line:line + tile_h, GAP:GAP + tile_w]
+    expected = clean[0].mul(255).round().div(255).repeat_interleave(43, 0).repeat_interleave(43, 1)
+    torch.testing.assert_close(measurement_tile, expected)
+
+
 def test_degrade_adds_seeded_noise_of_the_given_level_to_hx():
     image = torch.rand(1, 64, 64, generator=seeded(1))
     y, op = degrade(image, "sr2", sigma_y=0.1, seed=3)
