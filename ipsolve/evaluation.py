@@ -260,7 +260,8 @@ def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str 
 # ------------------------------------------------------------------------------------------ command line
 def add_eval_arguments(parser) -> None:
     """Arguments of `ipsolve eval`."""
-    parser.add_argument("--config", required=True, help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path")
+    parser.add_argument("--config", required=True,
+                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder of png/jpg images, sorted by name, fitted to the model's size")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
