@@ -13,7 +13,9 @@ trap 'rm -rf "$work"' EXIT
 # build from a copy of the tracked and untracked-but-not-ignored files: no stale build/ folder, no venv
 mkdir "$work/src"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$work/src"
-(cd "$work/src" && "$python" -m pip wheel --no-deps --no-build-isolation -q . -w "$work/dist")
+# offline with the venv's setuptools (>= 70.1 builds wheels by itself); else an isolated build from PyPI
+(cd "$work/src" && { "$python" -m pip wheel --no-deps --no-build-isolation -q . -w "$work/dist" 2>/dev/null ||
+                     "$python" -m pip wheel --no-deps -q . -w "$work/dist"; })
 "$python" -m pip install -q --no-deps --no-compile --target "$work/site" "$work"/dist/ipsolve-*.whl
 
 mkdir "$work/elsewhere" "$work/elsewhere/digits"
