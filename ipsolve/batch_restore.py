@@ -28,6 +28,7 @@ from tqdm import tqdm
 import ipsolve
 from ipsolve import distributed, provenance
 from ipsolve.cli_support import one_line
+from ipsolve.figures import measurement_picture
 from ipsolve.imageio import atomic_path
 from ipsolve.restore import Preview, restore_batch
 from ipsolve.run_folder import RunFolder, record_failure
@@ -157,7 +158,8 @@ def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, 
     first = batch[0].measurement
     y = torch.cat([job.measurement.y for job in batch]).to(device)
     generators = [distributed.image_generator(settings.seed, job.index) for job in batch]
-    folders = [RunFolder(out / job.source.stem) for job in batch]
+    folders = [RunFolder(out / job.source.stem, measurement=measurement_picture(job.measurement.y, job.measurement.op))
+               for job in batch]
     for job, run_folder in zip(batch, folders):
         run_folder.start(_record(job, settings, str(device)))
     start = time.perf_counter()

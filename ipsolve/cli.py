@@ -19,6 +19,7 @@ from ipsolve.cli_support import (EXIT_BAD_INPUT, check_writable_folder, deferred
                                  unit_float)
 
 EXAMPLES = Path(__file__).parent / "examples"
+EXAMPLE_CLEAN = EXAMPLES / "digit_clean.png"  # the clean digit every shipped example was degraded from
 LAZY_COMMANDS = {  # imported only when run, so their dependencies never break restore / degrade
     # name: (module, add-arguments function, run function, one-line help)
     "generate": ("ipsolve.generation", "add_generate_arguments", "run_generate_command",
@@ -92,8 +93,9 @@ the measurement's sidecar (MEASUREMENT.json, written by `ipsolve degrade`) says 
 outputs in DIR (one run at a time; earlier ipsolve outputs there are replaced):
   preview_{step:02d}_nfe{nfe:03d}.png  every anytime image, written the moment it exists
   final.png     the last preview (a grid of samples with --batch)
-  strip.png     the previews side by side (one row per sample)
-  anytime.gif   the previews as an animation
+  strip.png     the measurement, then the previews labelled with their NFE (and PSNR for the shipped
+                examples), small images enlarged; one row per sample
+  anytime.gif   the same, one preview a frame
   run.json      arguments, model, task, sigma_y in both units, seed, NFE per preview, time, version,
                 status (running / done / interrupted / failed): it always says how far the run got
 Ctrl-C or SIGTERM stops the run and keeps the latest preview as final.png (exit code 130 / 143).
@@ -156,13 +158,16 @@ def run_restore(args) -> int:
 
     import torch
 
-    from ipsolve.progress import RestoreProgress
+    from ipsolve.figures import measurement_picture
+    from ipsolve.imageio import load_image
+    from ipsolve.progress import RunProgress
     from ipsolve.restore import restore
     from ipsolve.run_folder import RunFolder, record_failure
 
-    folder = RunFolder(args.out)
+    folder = RunFolder(args.out, measurement=measurement_picture(measurement.y, measurement.op),
+                       clean=load_image(EXAMPLE_CLEAN) if source.parent == EXAMPLES else None)
     folder.start(_run_record(args, source, model, measurement, mask_file, device))
-    progress = RestoreProgress(marks[-1], enabled=not args.quiet)
+    progress = RunProgress(marks[-1], "restore", enabled=not args.quiet)
     start = time.perf_counter()
 
     def on_preview(preview):

@@ -1,6 +1,9 @@
 """Task and evaluation configurations (YAML, read with `yaml.safe_load`).
 
-A task file (`configs/tasks/NAME.yml`) names a degradation and its measurement noise:
+Named configs ship inside the package, in `ipsolve/configs/{models,tasks,eval}/` (the checkout's
+top-level `configs/` is a link to that folder), so an installed wheel knows them too.
+
+A task file (`tasks/NAME.yml`) names a degradation and its measurement noise:
 
     name: sr16                 # label used in outputs
     operator: sr16             # `degradations.make` name
@@ -8,8 +11,11 @@ A task file (`configs/tasks/NAME.yml`) names a degradation and its measurement n
     seed: 0                    # operator seed (the inpainting mask), optional
     sigma_y_pixel: 0.0         # noise std in [0, 1] pixel units; model units are twice that
 
-An evaluation file (`configs/eval/NAME.yml`) lists the model, tasks, NFE budgets, methods and metrics;
-see `configs/eval/celeba_table2.yml` for every key with its meaning.
+An evaluation file (`eval/NAME.yml`) lists the model, tasks, NFE budgets, methods and metrics; see
+`eval/celeba_table2.yml` for every key with its meaning. `load_eval_config` takes a packaged name
+(`embedded_smoke`) or any path. References inside a config resolve relative to the config file: a task
+path `my_tasks/x.yml` next to it, a bare task name in `../tasks/NAME.yml` beside the config's folder when
+that file exists, else among the packaged tasks.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import yaml
 
 SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
 SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta",), "dps": ("step_size",)}
+CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged named configs: models/, tasks/, eval/
 
 
 def read_yaml(path) -> dict:
@@ -77,16 +84,37 @@ class TaskConfig:
 
 
 def load_task(reference, base_dir=None) -> TaskConfig:
-    """A task from a mapping, a .yml path, or a bare name looked up in `base_dir` (configs/tasks)."""
+    """A task from a mapping, a .yml path (relative to `base_dir` when given), or a bare name: the file
+    `base_dir/NAME.yml` when it exists, else the packaged task NAME."""
     if isinstance(reference, dict):
         return TaskConfig.from_dict(reference)
     reference = str(reference)
-    path = Path(reference)
-    if path.suffix not in (".yml", ".yaml"):
-        path = Path(base_dir or "configs/tasks") / f"{reference}.yml"
-    elif base_dir is not None and not path.is_absolute() and not path.exists():
-        path = Path(base_dir) / path
+    if Path(reference).suffix in (".yml", ".yaml"):
+        path = Path(reference)
+        if base_dir is not None and not path.is_absolute():
+            path = Path(base_dir) / path
+    else:
+        local = None if base_dir is None else Path(base_dir) / f"{reference}.yml"
+        path = local if local is not None and local.is_file() else named_config("tasks", reference)
     return TaskConfig.from_dict(read_yaml(path), where=str(path))
+
+
+def named_config(kind: str, name: str) -> Path:
+    """The packaged config `CONFIGS/kind/name.yml`, or ValueError listing the names there."""
+    path = CONFIGS / kind / f"{name}.yml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (CONFIGS / kind).glob("*.yml")))
+        raise ValueError(f"no {kind[:-1] if kind.endswith('s') else kind} config named {name!r}: "
+                         f"give a .yml path or one of {known}")
+    return path
+
+
+def config_path(reference) -> Path:
+    """An eval config reference → its file: an existing path as it is, a bare name → the packaged one."""
+    path = Path(reference)
+    if path.is_file() or path.suffix in (".yml", ".yaml") or len(path.parts) > 1:
+        return path
+    return named_config("eval", str(reference))
 
 
 @dataclass(frozen=True)
@@ -175,9 +203,10 @@ def _method(name: str, data: dict, budgets: tuple, where: str) -> MethodConfig:
                         eta_outer=float(data.get("eta_outer", 0.0)), splits=splits)
 
 
-def load_eval_config(path) -> EvalConfig:
-    """Read and check an evaluation config; task names resolve in `../tasks` next to the file."""
-    path = Path(path)
+def load_eval_config(reference) -> EvalConfig:
+    """Read and check an evaluation config: a packaged name (`embedded_smoke`) or a path; its task
+    references resolve relative to the file (see the module docstring)."""
+    path = config_path(reference)
     data = read_yaml(path)
     allowed = {"model", "image_shape", "seed", "batch_size", "tasks", "budgets", "methods", "metrics"}
     _check_keys(data, allowed, str(path))
@@ -187,8 +216,7 @@ def load_eval_config(path) -> EvalConfig:
     budgets = tuple(sorted(int(b) for b in data["budgets"]))
     if not budgets or budgets[0] < 1:
         raise ValueError(f"{path}: budgets must be positive NFE counts, got {data['budgets']}")
-    task_dir = path.parent.parent / "tasks"
-    tasks = tuple(load_task(t, task_dir) for t in data["tasks"])
+    tasks = tuple(_task_in(t, path) for t in data["tasks"])
     if len({t.name for t in tasks}) != len(tasks):
         raise ValueError(f"{path}: task names must be distinct")
     methods = tuple(_method(n, m, budgets, f"{path}: methods") for n, m in data["methods"].items())
@@ -205,3 +233,11 @@ def load_eval_config(path) -> EvalConfig:
                       seed=int(data.get("seed", 0)), batch_size=int(data.get("batch_size", 4)),
                       lpips=lpips, fid_mode=fid,
                       image_shape=tuple(int(s) for s in shape) if shape else None, source=data)
+
+
+def _task_in(reference, config_file: Path) -> TaskConfig:
+    """A task reference of the eval config `config_file`: a path relative to the file's folder; a bare
+    name in `../tasks/` beside that folder, else packaged."""
+    if isinstance(reference, dict) or Path(str(reference)).suffix in (".yml", ".yaml"):
+        return load_task(reference, config_file.parent)
+    return load_task(reference, config_file.parent.parent / "tasks")

@@ -2,7 +2,8 @@
 
 Rank r of K takes dataset indices r, r+K, r+2K, …: no index is padded or repeated, and because every
 image draws its randomness from its own seed (`image_seed`) the union of the shards equals a one-process
-run. The process group (gloo on CPU, nccl on GPU) is only created when WORLD_SIZE > 1.
+run. The process group (gloo on CPU, nccl on GPU, or $IPSOLVE_DIST_BACKEND) is only created when
+WORLD_SIZE > 1.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+BACKEND_ENV = "IPSOLVE_DIST_BACKEND"  # overrides the process group backend (e.g. gloo for two ranks on one GPU)
 SEED_STRIDE = 1_000_003  # a prime larger than any dataset, so (seed, index) pairs never collide
 
 
@@ -68,7 +70,7 @@ def start(device: str | None = None) -> Workers:
     if not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        dist.init_process_group(os.environ.get(BACKEND_ENV) or ("nccl" if chosen.type == "cuda" else "gloo"))
     return Workers(rank=dist.get_rank(), world_size=dist.get_world_size(), device=chosen)
 
 

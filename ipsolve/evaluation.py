@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import center_crop
 from tqdm import tqdm
 
 import degradations
@@ -132,7 +131,8 @@ def fit_image(image: torch.Tensor, size: tuple) -> torch.Tensor:
     scaled = (max(height, round(image.shape[1] * scale)), max(width, round(image.shape[2] * scale)))
     if scaled != tuple(image.shape[1:]):
         image = F.interpolate(image[None], size=scaled, mode="bicubic", antialias=True)[0].clamp(0, 1)
-    return center_crop(image, [height, width])
+    top, left = round((image.shape[1] - height) / 2), round((image.shape[2] - width) / 2)  # centred crop
+    return image[:, top:top + height, left:left + width]
 
 
 def load_clean(path: Path, shape: tuple) -> torch.Tensor:
@@ -403,7 +403,8 @@ def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str 
 # ------------------------------------------------------------------------------------------ command line
 def add_eval_arguments(parser) -> None:
     """Arguments of `ipsolve eval`."""
-    parser.add_argument("--config", required=True, help="evaluation YAML, e.g. configs/eval/celeba_table2.yml")
+    parser.add_argument("--config", required=True,
+                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder of png/jpg images, sorted by name, fitted to the model's size")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")

@@ -172,6 +172,7 @@ def run_generate_command(args) -> int:
     """Validate everything, then sample, writing every preview as it comes; return the exit code."""
     from ipsolve.cli_support import check_writable_folder, deferred_interrupt, exit_code_for, resolve_device
     from ipsolve.models import load_model
+    from ipsolve.progress import RunProgress
     from ipsolve.resources import check_fits, check_steps
     from ipsolve.run_folder import RunFolder, record_failure
 
@@ -197,11 +198,11 @@ def run_generate_command(args) -> int:
         run = generate(model, args.outer, args.inner, args.n, cond=cond, guidance=args.guidance,
                        inner=args.inner_sampler, budget=args.budget,
                        generator=torch.Generator(device).manual_seed(args.seed),
-                       callback=lambda info: progress.update(info["nfe"] - progress.n))
+                       callback=lambda info: progress.nfe(info["nfe"]))
         feedback.check(len(run.outer_timesteps), args.n)
         start = time.perf_counter()
         folder.start(_run_record(args, model, family, run, feedback, str(device), False, 0.0))
-        progress = _progress_bar(run.total_nfe, enabled=not (args.quiet or args.interactive))
+        progress = RunProgress(run.total_nfe, "generate", enabled=not (args.quiet or args.interactive))
         interrupt = None
         try:
             for preview in run:
@@ -210,6 +211,7 @@ def run_generate_command(args) -> int:
                     # RunFolder writes model-space images: hand it the shown images mapped back.
                     folder.add_preview(SimpleNamespace(x0=2 * images - 1, step=preview.step, nfe=preview.nfe),
                                        time.perf_counter() - start)
+                progress.preview(preview.step)
                 if preview.step < len(run.outer_timesteps):
                     feedback(preview, run)
         except KeyboardInterrupt as stop:
@@ -280,12 +282,6 @@ def _schedule(entries, parse, option):
             raise ValueError(f"{option} gives step {step} twice: give each step once")
         schedule[step] = parse(value)
     return schedule
-
-
-def _progress_bar(total, enabled):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="NFE", desc="generate", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
 
 def _run_record(args, model, family, run, feedback, device, interrupted, elapsed_s):

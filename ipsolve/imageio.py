@@ -78,7 +78,7 @@ def _to_unit_array(image, mode):
     return np.asarray(image.convert(mode), dtype=np.float32) / 255.0
 
 
-def _to_pil(image):
+def to_pil(image):
     """(C, H, W) tensor in [0, 1] (clamped) → 8-bit PIL image; C must be 1 or 3."""
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"an image must be (1 or 3, H, W), got shape {tuple(image.shape)}")
@@ -107,36 +107,42 @@ def save_image(x, path):
     if x.ndim == 4:
         save_grid(x, path)
         return
-    _write(_to_pil(x), path)
+    _write(to_pil(x), path)
 
 
 def grid_image(images, nrow=None):
-    """One (C, H, W) picture of a batch (B, C, H, W) or a list of (C, H, W) images; nrow defaults to ~√B."""
+    """One (C, H, W) picture of a batch (B, C, H, W) or a list of (C, H, W) images, `nrow` tiles a row
+    (default ~√B) with a 2-pixel white border around every tile; a single image is returned as it is."""
     images = torch.stack(list(images)) if not torch.is_tensor(images) else images
     if images.ndim != 4:
         raise ValueError(f"a grid needs images (B, C, H, W), got shape {tuple(images.shape)}")
-    if nrow is None:
-        nrow = max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    from torchvision.utils import make_grid  # slow import (torch._dynamo): only when a grid is made
-
-    grid = make_grid(images.detach().float().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
-    return grid[:1] if images.shape[1] == 1 else grid  # make_grid repeats a single channel three times
+    images = images.detach().float().clamp(0, 1)
+    count, channels, height, width = images.shape
+    if count == 1:
+        return images[0]
+    columns = min(count, nrow or max(1, int(np.ceil(np.sqrt(count)))))
+    rows = -(-count // columns)
+    pad = 2
+    grid = images.new_ones(channels, rows * (height + pad) + pad, columns * (width + pad) + pad)
+    for index, image in enumerate(images):
+        top, left = pad + (index // columns) * (height + pad), pad + (index % columns) * (width + pad)
+        grid[:, top:top + height, left:left + width] = image
+    return grid
 
 
 def save_grid(images, path, nrow=None):
     """Save a batch (B, C, H, W) or a list of (C, H, W) images as one grid."""
-    _write(_to_pil(grid_image(images, nrow)), path)
+    _write(to_pil(grid_image(images, nrow)), path)
 
 
-def save_strip(frames, path):
-    """Save frames (the anytime previews, each (C, H, W)) side by side in one row."""
-    frames = list(frames)
-    save_grid(frames, path, nrow=len(frames))
+def save_picture(picture, path):
+    """Save a PIL image (a figure) atomically."""
+    _write(picture, path)
 
 
 def save_gif(frames, path, duration_ms=400):
-    """Save frames (each (C, H, W) in [0, 1]) as a looping animated GIF."""
-    pictures = [_to_pil(frame) for frame in frames]
+    """Save frames (PIL images, or (C, H, W) tensors in [0, 1]) as a looping animated GIF."""
+    pictures = [frame if isinstance(frame, Image.Image) else to_pil(frame) for frame in frames]
     if not pictures:
         raise ValueError("save_gif needs at least one frame")
     with atomic_path(path) as tmp:

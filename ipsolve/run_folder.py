@@ -1,8 +1,9 @@
 """The output folder of one `ipsolve restore` run.
 
 Each preview is written the moment it exists (`preview_{step:02d}_nfe{nfe:03d}.png`), then the final
-image (`final.png`, the last preview), the anytime strip (`strip.png`: previews side by side, one row
-per sample), an animation (`anytime.gif`) and the run record (`run.json`). Every file is written
+image (`final.png`, the last preview), the anytime strip (`strip.png`: the measurement, then the
+previews labelled with their NFE and, when the clean image is known, PSNR; one row per sample), its
+animation (`anytime.gif`, one preview a frame) and the run record (`run.json`). Every file is written
 atomically, so a user can watch the folder while the run goes on.
 
 One run at a time: `start` locks the folder (a second run into it fails at once with one line), removes
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from ipsolve.figures import anytime_frames, anytime_strip
 from ipsolve.folder_lock import folder_lock
-from ipsolve.imageio import atomic_path, from_model, grid_image, save_gif, save_grid, save_image
+from ipsolve.imageio import atomic_path, from_model, save_gif, save_image, save_picture
+from ipsolve.metrics import psnr
 
 EARLIER_OUTPUTS = ("preview_*_nfe*.png", "final.png", "strip.png", "anytime.gif", "run.json")
 
@@ -26,8 +29,11 @@ EARLIER_OUTPUTS = ("preview_*_nfe*.png", "final.png", "strip.png", "anytime.gif"
 class RunFolder:
     """Writes one run's outputs into `path` and keeps the previews for the strip and the GIF."""
 
-    def __init__(self, path):
+    def __init__(self, path, *, measurement=None, clean=None):
+        """`measurement` (C, H, W) in [0, 1] at the image's size heads the strip; `clean` (C, H, W) in [0, 1],
+        when known, labels every preview with its PSNR."""
         self.path = Path(path)
+        self.measurement, self.clean = measurement, clean
         self.frames: list[torch.Tensor] = []  # previews in [0, 1], each (B, C, H, W) on the CPU
         self.previews: list[dict] = []
         self.record: dict = {}
@@ -69,9 +75,11 @@ class RunFolder:
         if self.frames:
             final = self.frames[-1]
             save_image(final[0] if len(final) == 1 else final, self.path / "final.png")
-            by_sample = torch.stack(self.frames, dim=1).flatten(0, 1)  # sample-major: one row per sample
-            save_grid(by_sample, self.path / "strip.png", nrow=len(self.frames))
-            save_gif([_batch_picture(frame) for frame in self.frames], self.path / "anytime.gif")
+            nfes = [preview["nfe"] for preview in self.previews]
+            psnrs = None if self.clean is None else [psnr(frame, self.clean.expand_as(frame)).tolist()
+                                                     for frame in self.frames]
+            save_picture(anytime_strip(self.measurement, self.frames, nfes, psnrs), self.path / "strip.png")
+            save_gif(anytime_frames(self.measurement, self.frames, nfes, psnrs), self.path / "anytime.gif")
         status = "interrupted" if record.get("interrupted") else "done"
         self.record = {**self.record, **record, "status": status}
         self._write_record()
@@ -80,11 +88,6 @@ class RunFolder:
     def _write_record(self) -> None:
         with atomic_path(self.path / "run.json") as tmp:
             Path(tmp).write_text(json.dumps({**self.record, "previews": self.previews}, indent=2) + "\n")
-
-
-def _batch_picture(frame: torch.Tensor) -> torch.Tensor:
-    """One (C, H, W) picture of a batch of samples: the image itself, or a grid as save_grid draws it."""
-    return frame[0] if len(frame) == 1 else grid_image(frame)
 
 
 def record_failure(folder: RunFolder, error: Exception) -> None:

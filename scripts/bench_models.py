@@ -29,7 +29,7 @@ from ipsolve.models import DDPMUNet
 from ipsolve.models.diffusion import DiffusionModel
 from ipsolve.models.schedules import alphas_cumprod_from_betas, betas_from_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "models" / "celeba_hq.yml"
+CONFIG = Path(__file__).resolve().parents[1] / "ipsolve" / "configs" / "models" / "celeba_hq.yml"
 NFE = 20
 
 

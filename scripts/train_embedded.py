@@ -23,7 +23,7 @@ from ipsolve.models.schedules import alphas_cumprod_from_betas, betas_from_confi
 from ipsolve.models.unet import DDPMUNet
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "models" / "embedded_mnist32.yml"
+DEFAULT_CONFIG = ROOT / "ipsolve" / "configs" / "models" / "embedded_mnist32.yml"
 DEFAULT_WEIGHTS = ROOT / "ipsolve" / "weights" / "embedded_mnist32.pt"
 DEFAULT_STATE = cache_dir() / "train_embedded" / "state.pt"
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import ipsolve
+from ipsolve.figures import FONT_SIZE, GAP
 from ipsolve.imageio import load_image, save_image
 
 EXAMPLES = Path(ipsolve.__file__).parent / "examples"
@@ -75,15 +76,21 @@ def test_restore_writes_previews_final_strip_gif_and_record(work):
     torch.testing.assert_close(load_image(out / "final.png"), load_image(previews_in(out)[-1]))
     cell = 32 + 2  # images are drawn with a 2-pixel border
     assert Image.open(out / "final.png").size == (2 * cell + 2, cell + 2)  # two samples side by side
-    assert Image.open(out / "strip.png").size == (3 * cell + 2, 2 * cell + 2)  # a row of previews per sample
-    assert Image.open(out / "anytime.gif").n_frames == 3
+    tile, line = 8 * 32, FONT_SIZE + 6  # 32×32 enlarged ×8; a label line above the tiles
+    # the measurement and 3 previews in a row; a row per sample; no PSNR line (the clean image is unknown)
+    assert Image.open(out / "strip.png").size == (GAP + 4 * (tile + GAP), line + 2 * (tile + GAP))
+    with Image.open(out / "anytime.gif") as gif:
+        assert gif.n_frames == 3 and gif.size == (GAP + 2 * (tile + GAP), line + 2 * (tile + GAP))
     record = json.loads((out / "run.json").read_text())
     assert [p["nfe"] for p in record["previews"]] == [2, 4, 6] and record["nfe"] == 6
     assert record["sigma_y"] == {"pixel": 0.05, "model": 0.1} and record["seed"] == 1
     assert record["task"]["name"] == "sr4" and record["model"]["image_shape"] == [1, 32, 32]
     assert record["ipsolve_version"] == ipsolve.__version__ and record["elapsed_s"] > 0
     assert not record["interrupted"] and record["arguments"]["batch"] == 2
-    assert "previews=3" in done.stderr and "NFE" in done.stderr
+    # not a terminal: one progress line per preview, no carriage returns
+    assert "\r" not in done.stderr
+    assert re.findall(r"^restore: preview (\d) at NFE (\d)/6 ", done.stderr, re.M) == [("1", "2"), ("2", "4"),
+                                                                                        ("3", "6")]
 
 
 def test_vanilla_ddrm_writes_its_x0_at_the_same_nfe_marks(work):
@@ -107,9 +114,16 @@ def test_budget_on_a_non_square_image(work):
     assert load_image(work / "wide" / "final.png").shape == (1, 32, 48)
 
 
+def default_sigint():
+    """In the child before exec: a pytest started with SIGINT ignored (a background job) passes that on,
+    and Python then installs no KeyboardInterrupt handler; `restore_signals` does not cover SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_the_latest_preview_as_final(tmp_path):
     process = subprocess.Popen(command("restore", "example", "--outer", 200, "--inner", 5, "--out", "run"),
-                               cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not previews_in(tmp_path / "run") and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -148,6 +162,9 @@ BAD_INPUTS = {
     "degrade not png": ["degrade", "plain.png", "--task", "sr4", "-o", "y.jpg"],
     "degrade nan sigma": ["degrade", "plain.png", "--task", "sr4", "--sigma-y", "nan", "-o", "y.png"],
     "degrade bad size": ["degrade", "plain.png", "--task", "sr4", "--size", "0x5", "-o", "y.png"],
+    "degrade compressed sensing (not an image)": ["degrade", "plain.png", "--task", "cs4", "--size", "16x16",
+                                                  "-o", "y.png"],
+    "restore compressed sensing (not an image)": ["restore", "plain.png", "--task", "cs2", "--out", "o"],
     "unknown command": ["frobnicate"],
 }
 

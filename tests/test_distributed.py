@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from ipsolve import distributed
+from ipsolve.config import CONFIGS
 from ipsolve.imageio import save_image
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "eval" / "embedded_smoke.yml"
+SMOKE = CONFIGS / "eval" / "embedded_smoke.yml"
 
 
 def test_shards_cover_every_index_once():

@@ -5,11 +5,11 @@ import pytest
 import torch
 import yaml
 
+from ipsolve.config import CONFIGS
 from ipsolve.models import load_model
 from ipsolve.models.loading import EMBEDDED
 
 DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def record():
 
 
 def test_weights_match_their_record(model, record):
-    training_config = yaml.safe_load((ROOT / "configs" / "models" / "embedded_mnist32.yml").read_text())
+    training_config = yaml.safe_load((CONFIGS / "models" / "embedded_mnist32.yml").read_text())
     assert record["model"] == training_config["model"] and record["diffusion"] == training_config["diffusion"]
     assert model.num_parameters == record["weights"]["num_parameters"]
     assert 1_000_000 <= model.num_parameters <= 3_000_000

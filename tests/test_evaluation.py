@@ -9,11 +9,10 @@ import torch
 import yaml
 
 from ipsolve.cli import main
-from ipsolve.config import load_eval_config
+from ipsolve.config import CONFIGS, load_eval_config
 from ipsolve.evaluation import evaluate, fit_image, list_images, plan_runs
 from ipsolve.imageio import save_image
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +206,28 @@ def test_anytime_consistency_against_a_direct_computation(tmp_path, digits):
     assert float(rows[("ddrm", "2")]["to_final_mse"]) == pytest.approx(mse(seen[2], final), rel=1e-5)
     assert float(rows[("ddrm", "2")]["to_final_mse"]) > 10 * float(rows[("nested", "2")]["to_final_mse"]) > 0
     assert "Anytime consistency" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_eval_configs_resolve_by_packaged_name_and_relative_to_their_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing is looked up relative to the working folder
+    smoke = load_eval_config("embedded_smoke")
+    assert [t.name for t in smoke.tasks] == ["deno", "sr4", "inp"] and smoke.budgets == (2, 4)
+    assert smoke.tasks[0].sigma_y_pixel == yaml.safe_load((CONFIGS / "tasks" / "deno.yml").read_text())["sigma_y_pixel"]
+    own = tmp_path / "elsewhere" / "mine.yml"
+    own.parent.mkdir()
+    (own.parent / "noisy.yml").write_text("operator: deno\nsigma_y_pixel: 0.2\n")
+    own.write_text(yaml.safe_dump({"model": "embedded", "tasks": ["noisy.yml", "sr4"], "budgets": [2],
+                                   "methods": {"ddrm": {}}}))
+    monkeypatch.chdir(CONFIGS)
+    config = load_eval_config(own)
+    assert [(t.operator, t.sigma_y_pixel) for t in config.tasks] == [("deno", 0.2), ("sr4", 0.0)]
+    with pytest.raises(ValueError, match="no eval config named 'nope'.*embedded_smoke"):
+        load_eval_config("nope")
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 32), (3, 32, 45), (1, 32, 35)])  # covering 32×32 already: crop only
+def test_fit_image_crops_the_centre_as_torchvision_does(shape):
+    from torchvision.transforms.functional import center_crop
+
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fit_image(image, (32, 32)), center_crop(image, [32, 32]), rtol=0, atol=0)

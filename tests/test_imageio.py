@@ -37,7 +37,7 @@ def test_batches_are_saved_as_grids(tmp_path):
     grid = imageio.load_image(tmp_path / "grid.png")
     assert grid.shape == (3, 2 + 2 * 6, 2 + 2 * 6)  # 2×2 tiles of 4 pixels with 2-pixel padding
     torch.testing.assert_close(grid[:, 2:6, 8:12], torch.full((3, 4, 4), 128 / 255))
-    imageio.save_strip([batch[0], batch[1], batch[2]], tmp_path / "strip.png")
+    imageio.save_grid([batch[0], batch[1], batch[2]], tmp_path / "strip.png", nrow=3)
     assert imageio.load_image(tmp_path / "strip.png").shape == (3, 8, 20)
     imageio.save_grid(batch[:, :1], tmp_path / "gray.png", nrow=4)
     assert imageio.load_image(tmp_path / "gray.png").shape == (1, 8, 26)

@@ -136,6 +136,7 @@ def test_follows_dtype_and_batch(op):
     torch.testing.assert_close(op.H_pinv(op.H(x64)), one_by_one, rtol=0, atol=1e-12)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_follows_device(op):
     x = random_images(op).cuda()

@@ -15,6 +15,7 @@ from ipsolve.imageio import load_image, to_model
 from ipsolve.models.diffusion import DiffusionModel
 from ipsolve.models.unet import DDPMUNet
 from ipsolve.restore import Preview, check_model_fits, preview_marks, restore, vanilla_timesteps
+from ipsolve.figures import FONT_SIZE, GAP
 from ipsolve.run_folder import RunFolder
 
 PRIOR_VARIANCE = 0.25
@@ -182,8 +183,10 @@ def test_run_folder_writes_previews_final_strip_gif_and_record(tmp_path):
     torch.testing.assert_close(final, load_image(folder.path / "preview_03_nfe006.png"))
     expected = ((previews[-1].x0[0] + 1) / 2).clamp(0, 1).mul(255).round() / 255
     torch.testing.assert_close(final, expected)
-    assert Image.open(folder.path / "strip.png").size == (3 * (6 + 2) + 2, 4 + 4)
-    assert Image.open(folder.path / "anytime.gif").n_frames == 3
+    tile_w, tile_h, line = 6 * 43, 4 * 43, FONT_SIZE + 6  # 4×6 previews enlarged ×43 (longer side ≥ 256)
+    assert Image.open(folder.path / "strip.png").size == (GAP + 3 * (tile_w + GAP), line + tile_h + GAP)
+    with Image.open(folder.path / "anytime.gif") as gif:
+        assert gif.n_frames == 3 and gif.size == (GAP + tile_w + GAP, line + tile_h + GAP)
     record = json.loads((folder.path / "run.json").read_text())
     assert record["seed"] == 0 and [p["nfe"] for p in record["previews"]] == [2, 4, 6]
     assert record["status"] == "done"
@@ -213,8 +216,25 @@ def test_run_folder_draws_one_strip_row_per_sample_and_replaces_earlier_outputs(
         folder.add_preview(preview, elapsed_s=0.0)
     folder.finish({})
     assert not (tmp_path / "preview_09_nfe099.png").exists() and (tmp_path / "notes.txt").exists()
-    assert Image.open(tmp_path / "strip.png").size == (3 * 8 + 2, 2 * 6 + 2)
+    tile_w, tile_h, line = 6 * 43, 4 * 43, FONT_SIZE + 6
+    assert Image.open(tmp_path / "strip.png").size == (GAP + 3 * (tile_w + GAP), line + 2 * (tile_h + GAP))
     assert Image.open(tmp_path / "final.png").size == (2 * 8 + 2, 6 + 2)  # 2 samples: a 2-column grid
+
+
+def test_run_folder_strip_shows_the_measurement_first_and_a_psnr_line_when_the_clean_image_is_known(tmp_path):
+    clean = torch.rand(1, 4, 6, generator=seeded(5))
+    folder = RunFolder(tmp_path, measurement=clean, clean=clean)
+    folder.prepare()
+    for preview in fake_previews(batch=2):
+        folder.add_preview(preview, elapsed_s=0.0)
+    folder.finish({})
+    tile_w, tile_h, line = 6 * 43, 4 * 43, FONT_SIZE + 6
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.size == (GAP + 4 * (tile_w + GAP), line + 2 * (tile_h + line + GAP))
+    shown = torch.from_numpy(np.array(strip.convert("L"))).float() / 255
+    measurement_tile = shown[line:line + tile_h, GAP:GAP + tile_w]
+    expected = clean[0].mul(255).round().div(255).repeat_interleave(43, 0).repeat_interleave(43, 1)
+    torch.testing.assert_close(measurement_tile, expected)
 
 
 def test_degrade_adds_seeded_noise_of_the_given_level_to_hx():

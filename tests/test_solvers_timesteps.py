@@ -1,4 +1,4 @@
-"""Timestep grids against the numbers of ALGORITHMS.md and the released code's rules."""
+"""Timestep grids against the numbers of docs/algorithms.md and the released code's rules."""
 import numpy as np
 import pytest
 

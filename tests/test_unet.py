@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
+from ipsolve.config import CONFIGS
 from ipsolve.models import DDPMUNet
 from ipsolve.models.unet import AttnBlock, timestep_embedding
 
 DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_reproduces_reference_outputs(reference, small_net):
 
 def test_celeba_hq_config_builds_the_checkpoint_layout():
     expected = json.loads((DATA / "celeba_hq_ckpt_keys.json").read_text())
-    config = yaml.safe_load((ROOT / "configs" / "models" / "celeba_hq.yml").read_text())
+    config = yaml.safe_load((CONFIGS / "models" / "celeba_hq.yml").read_text())
     with torch.device("meta"):
         net = DDPMUNet.from_config(config["model"], image_size=config["data"]["image_size"])
     assert {k: list(v.shape) for k, v in net.state_dict().items()} == expected["keys"]

@@ -4,13 +4,13 @@ Names and where their files are looked for:
 
 - ``"embedded"``: the small MNIST 32×32 DDPM shipped in ``ipsolve/weights/`` (trained by
   ``scripts/train_embedded.py``).
-- ``"celeba_hq"`` (any ``configs/models/NAME.yml`` with a ``weights:`` section): the DDRM/SDEdit
+- ``"celeba_hq"`` (any packaged ``ipsolve/configs/models/NAME.yml`` with a ``weights:`` section): the DDRM/SDEdit
   checkpoint ``weights.file`` in the weights folder, ``$IPSOLVE_WEIGHTS`` or else
   ``~/.cache/ipsolve/weights``; its SHA-256 is checked (streaming) when the config records one.
 - ``"sd15"``, ``"dit"``: latent pipelines under ``$IPSOLVE_WEIGHTS`` (see ``ipsolve.models.latent``).
 - ``"gaussian:CxHxW"``: the exact prior N(0, 0.25 I) on that shape (smoke tests; O(C·H·W) closed forms).
 - a path: a ``.ckpt`` / ``.pt`` DDPMUNet state dict (its config from ``config=``, from ``PATH.yml`` next
-  to it, or from ``configs/models/STEM.yml``), a diffusers ``UNet2DModel`` folder, or a latent pipeline
+  to it, or from the packaged ``configs/models/STEM.yml``), a diffusers ``UNet2DModel`` folder, or a latent pipeline
   folder.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ipsolve.models.unet import DDPMUNet
 
 WEIGHTS_ENV = "IPSOLVE_WEIGHTS"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"  # packaged with ipsolve
 EMBEDDED = PACKAGE_WEIGHTS / "embedded_mnist32.pt"
 LATENT_NAMES = ("sd15", "dit")
 
@@ -122,7 +122,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _named_checkpoints() -> dict[str, str]:
-    """Model name → checkpoint file name, for every ``configs/models/NAME.yml`` with ``weights.file``."""
+    """Model name → checkpoint file name, for every packaged ``configs/models/NAME.yml`` with ``weights.file``."""
     named = {}
     for config_path in sorted(MODEL_CONFIGS.glob("*.yml")):
         file = (_read_config(config_path).get("weights") or {}).get("file")

@@ -1,0 +1,82 @@
+"""Figures a person reads at a glance: the anytime strip and its animation.
+
+`anytime_strip(measurement, previews, nfes, psnrs)` draws, left to right, the measurement (shown at the
+image's size, e.g. H⁺y) and every anytime preview, each column labelled with its NFE (and each tile with its
+PSNR when a clean image is known); one row per sample. Small images are enlarged with nearest-neighbour
+interpolation (every pixel stays a visible square) until a tile is at least `MIN_TILE` pixels on its
+longer side. Labels use PIL's default font, so nothing is downloaded.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ipsolve.imageio import from_model, to_pil
+
+MIN_TILE = 256   # a tile is enlarged by an integer factor until its longer side is at least this
+GAP = 8          # white pixels between tiles
+FONT_SIZE = 16
+BACKGROUND = (255, 255, 255)
+INK = (0, 0, 0)
+
+
+def measurement_picture(y: torch.Tensor, op) -> torch.Tensor:
+    """What a measurement looks like at the image's size: H⁺y as a (C, H, W) picture in [0, 1].
+
+    Super-resolution shows the low-resolution image enlarged by blocks, inpainting the observed pixels
+    with mid-gray holes, colorization the gray image, denoising and deblurring y itself.
+    """
+    return from_model(op.H_pinv(y.reshape(-1, *op.measurement_shape)[:1]))[0].detach().to("cpu", torch.float32)
+
+
+def anytime_strip(measurement: torch.Tensor | None, previews: Sequence[torch.Tensor], nfes: Sequence[int],
+                  psnrs: Sequence[Sequence[float]] | None = None) -> Image.Image:
+    """The anytime strip as an RGB picture.
+
+    measurement: (C, H, W) in [0, 1] at the image's size, or None (generation has none);
+    previews: one (B, C, H, W) batch in [0, 1] per preview (B samples, one row each); nfes: the NFE count of
+    each preview; psnrs: per preview, the B PSNRs in dB against the clean image, or None.
+    """
+    previews = list(previews)
+    if not previews or len(nfes) != len(previews) or (psnrs is not None and len(psnrs) != len(previews)):
+        raise ValueError(f"anytime_strip needs previews with one NFE (and PSNR list) each, got "
+                         f"{len(previews)} previews, {len(nfes)} NFE counts")
+    samples, _, height, width = previews[0].shape
+    scale = max(1, math.ceil(MIN_TILE / max(height, width)))
+    tile_h, tile_w = height * scale, width * scale
+    font = ImageFont.load_default(size=FONT_SIZE)
+    line = FONT_SIZE + 6
+    caption = line if psnrs is not None else 0
+    columns = [("measurement", [measurement], None)] if measurement is not None else []
+    columns += [(f"NFE {nfe}", list(batch), k) for k, (nfe, batch) in enumerate(zip(nfes, previews))]
+
+    figure = Image.new("RGB", (GAP + len(columns) * (tile_w + GAP), line + samples * (tile_h + caption + GAP)),
+                       BACKGROUND)
+    draw = ImageDraw.Draw(figure)
+    for column, (label, tiles, preview) in enumerate(columns):
+        left = GAP + column * (tile_w + GAP)
+        _centred(draw, label, left, tile_w, 2, font)
+        for row, tile in enumerate(tiles):
+            top = line + row * (tile_h + caption + GAP)
+            figure.paste(_enlarged(tile, tile_w, tile_h), (left, top))
+            if psnrs is not None and preview is not None:
+                _centred(draw, f"{float(psnrs[preview][row]):.2f} dB", left, tile_w, top + tile_h + 2, font)
+    return figure
+
+
+def anytime_frames(measurement, previews, nfes, psnrs=None) -> list[Image.Image]:
+    """One picture per preview for the animation: the measurement beside that preview, labelled alike."""
+    return [anytime_strip(measurement, [batch], [nfe], None if psnrs is None else [psnrs[k]])
+            for k, (batch, nfe) in enumerate(zip(previews, nfes))]
+
+
+def _enlarged(image: torch.Tensor, width: int, height: int) -> Image.Image:
+    return to_pil(image).convert("RGB").resize((width, height), Image.Resampling.NEAREST)
+
+
+def _centred(draw, text, left, width, top, font) -> None:
+    text_width = draw.textlength(text, font=font)
+    draw.text((left + max(0.0, (width - text_width) / 2), top), text, fill=INK, font=font)
