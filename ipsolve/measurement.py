@@ -67,7 +67,7 @@ def write_measurement(path, y, op, sigma_y):
         image = from_model(y[0])
     else:
         raise ValueError(f"{op.name} measurements of shape {op.measurement_shape} are not images; "
-                         f"save them with torch.save instead")
+                         f"they cannot be written as a PNG measurement file")
     save_image(image, path)
     with atomic_path(sidecar_path(path)) as tmp, open(tmp, "w") as handle:
         json.dump(metadata, handle, indent=2)

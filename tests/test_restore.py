@@ -224,7 +224,7 @@ def test_run_folder_draws_one_strip_row_per_sample_and_replaces_earlier_outputs(
 def test_run_folder_strip_shows_the_measurement_first_and_a_psnr_line_when_the_clean_image_is_known(tmp_path):
     clean = torch.rand(1, 4, 6, generator=seeded(5))
     folder = RunFolder(tmp_path, measurement=clean, clean=clean)
-    folder.prepare()
+    folder.start({})
     for preview in fake_previews(batch=2):
         folder.add_preview(preview, elapsed_s=0.0)
     folder.finish({})
