@@ -286,3 +286,45 @@ def test_keep_replicates_a_tensor_cond_and_leaves_other_conds_alone():
                 assert torch.equal(after, expected)
             else:
                 assert after == expected
+
+
+def test_outer_draws_come_from_the_generator():
+    """With a generator (no noise callable) the outer steps draw from it, in order: runs repeat and equal
+    the formula with z taken from a fresh generator of the same seed."""
+    prior = random_gaussian_prior(SHAPE, generator(4))
+    x_T = torch.randn(2, *SHAPE, generator=generator(6), dtype=torch.float64)
+    previews = list(solvers.nested(prior, "ddim", outer_steps=3, inner_steps=2, x_T=x_T, eta_outer=0.7,
+                                   generator=generator(10)))
+    source, abar = generator(10), prior.alphas_cumprod
+    for before, after in zip(previews, previews[1:]):
+        z = torch.randn((2, *SHAPE), generator=source, dtype=torch.float64)
+        expected = ddim_outer_step(before.x, before.x0, abar[before.t], abar[after.t], 0.7, z)
+        torch.testing.assert_close(after.x, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("source", ["generator", "noise"])
+def test_generation_starts_from_noise_of_the_given_shape_drawn_from_the_given_source(source):
+    prior = random_gaussian_prior(SHAPE, generator(4))
+    draws = Draws(12)
+    randomness = {"generator": generator(12)} if source == "generator" else {"noise": draws}
+    run = solvers.nested(prior, "ddpm", outer_steps=2, inner_steps=2, shape=(3, *SHAPE), dtype=torch.float64,
+                         **randomness)
+    expected = torch.randn((3, *SHAPE), generator=generator(12), dtype=torch.float64)
+    assert torch.equal(next(run).x, expected)
+    assert draws.shapes[:1] == ([(3, *SHAPE)] if source == "noise" else [])
+
+
+def test_ddrm_is_the_default_inner_sampler(problem):
+    prior, op, clean, _ = problem
+    kwargs = dict(outer_steps=2, inner_steps=3, y=clean, op=op, sigma_y=0.05, noise=torch.zeros)
+    assert torch.equal(list(solvers.nested(prior, **kwargs))[-1].x0, list(solvers.nested(prior, "ddrm", **kwargs))[-1].x0)
+
+
+def test_a_custom_inner_grid_is_used():
+    prior = InputRecorder(random_gaussian_prior(SHAPE, generator(4)))
+    x_T = torch.randn(2, *SHAPE, generator=generator(6), dtype=torch.float64)
+    run = solvers.nested(prior, "ddim", outer_timesteps=[900, 400], inner_steps=3, x_T=x_T,
+                         inner_grid=lambda t, count: [t - 10 * i for i in range(count)])
+    list(run)
+    assert run.inner_timesteps == [[900, 890, 880], [400, 390, 380]]
+    assert [t for _, t, _ in prior.calls] == [900, 890, 880, 400, 390, 380]
