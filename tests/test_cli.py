@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import ipsolve
+from ipsolve.degrade import degrade
 from ipsolve.figures import FONT_SIZE, GAP
-from ipsolve.imageio import load_image, save_image
+from ipsolve.imageio import from_model, load_image, save_image
 
 EXAMPLES = Path(ipsolve.__file__).parent / "examples"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -64,6 +65,11 @@ def test_degrade_writes_the_measurement_and_its_sidecar_in_both_units(work):
     block_means = torch.nn.functional.avg_pool2d(load_image(work / "digit.png")[None], 4)[0]
     assert y.shape == (1, 8, 8)
     assert (y - block_means).abs().max() < 5 * 0.05  # noise of σ = 0.05, clipped to [0, 1]
+    # exactly the library's y = H x + σ n with σ = 2 × 0.05 in model units and n drawn from --seed 0
+    library_y, _ = degrade(load_image(work / "digit.png"), "sr4", sigma_y=0.1, seed=0)
+    expected = (from_model(library_y[0]).clamp(0, 1) * 255).round() / 255
+    assert (y - expected).abs().max() <= 1.01 / 255
+    assert (y - (block_means * 255).round() / 255).abs().max() > 0.05  # not noiseless
 
 
 def test_restore_writes_previews_final_strip_gif_and_record(work):

@@ -176,3 +176,40 @@ def test_bad_arguments_raise_value_error(prior, measurement):
     run = solvers.nested(prior, "ddrm", outer_steps=2, inner_steps=2, **measurement)
     with pytest.raises(ValueError, match="after the first outer step"):
         run.keep([0])
+
+
+# Edges of the plan: a schedule that is not 1000 steps long, a budget of one call, broken custom grids.
+
+class ShortSchedule:
+    """ε-model of N(0, I) on a 500-step linear schedule."""
+
+    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.04, 500, dtype=torch.float64), 0)
+
+    def __call__(self, x, t):
+        return (1 - self.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1) * x
+
+
+def test_ddrm_top_time_follows_the_models_schedule_length():
+    """10 calls on 500 steps: DDRM's rule skip = 500 // 10 = 50 puts the top at 450, and the outer grid
+    splits [0, 450] (not the 900 of a 1000-step schedule)."""
+    op = degradations.make("sr2", channels=1, image_size=(4, 4))
+    y = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    run = solvers.nested(ShortSchedule(), "ddrm", outer_steps=2, inner_steps=5, y=y, op=op, sigma_y=0.1)
+    assert run.outer_timesteps == [450, 225]
+    assert [p.nfe for p in run] == [5, 10]
+
+
+def test_a_budget_of_one_call_gives_one_preview():
+    prior = random_gaussian_prior((1, 2, 2), torch.Generator().manual_seed(0))
+    x_T = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    previews = list(solvers.nested(prior, "ddim", outer_steps=3, inner_steps=4, x_T=x_T, budget=1))
+    assert [(p.step, p.nfe) for p in previews] == [(1, 1)]
+
+
+@pytest.mark.parametrize("grid", [lambda t, n: [t - 10 * i for i in range(n + 1)],   # one point too many
+                                  lambda t, n: [t - 1 - 10 * i for i in range(n)]])  # does not start at t
+def test_inner_grids_must_start_at_the_outer_time_with_the_planned_length(grid):
+    prior = random_gaussian_prior((1, 2, 2), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="inner grid at outer time 900 must start at 900 with 3 points"):
+        solvers.nested(prior, "ddim", outer_timesteps=[900, 400], inner_steps=3, x_T=torch.zeros(1, 1, 2, 2),
+                       inner_grid=grid)

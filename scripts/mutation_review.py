@@ -1,0 +1,150 @@
+"""Mutation review of the suite with mutmut 3 (a development tool: not part of CI or the requirements).
+
+    pip install mutmut==3.8.1                       # into the project's environment
+    python scripts/mutation_review.py solvers       # one phase; or: all, or several names
+    python scripts/mutation_review.py --summary solvers metrics units degradations
+
+Each phase copies the sources and tests into WORK/PHASE (default /tmp/ipsolve-mutation), writes a setup.cfg
+[mutmut] section that mutates the phase's files and runs only the test files that exercise them, and runs
+`mutmut run --max-children 1` there (results are cached: rerunning continues where it stopped; delete the
+folder to start over). --summary prints killed / survived / no-tests counts and lists the survivors
+(with `mutmut show` diffs when --diff is given). See docs/testing.md for the last results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("ipsolve", "solvers", "degradations", "tests", "configs", "pyproject.toml")
+
+PHASES = {
+    # files mutated, tests run, mutant-name patterns run (None: every mutant of the files)
+    "solvers": dict(
+        mutate=["solvers/*"],
+        tests=["test_noise_paths.py", "test_sampler_formulas.py", "test_ddrm_reference.py", "test_solvers_ddrm.py",
+               "test_nested.py", "test_solvers_samplers.py", "test_solvers_timesteps.py", "test_feedback.py",
+               "test_restore.py", "test_units.py"],
+        names=None),
+    "metrics": dict(
+        mutate=["ipsolve/metrics.py", "ipsolve/eval_report.py"],
+        tests=["test_metrics.py", "test_report_truths.py",
+               "test_metric_truths.py::test_lpips_equals_the_hand_computation_on_minus_one_to_one_inputs"],
+        names=[f"ipsolve.metrics.x_{f}__mutmut_*" for f in (
+            "psnr", "lpips_distance", "fid_from_features", "frechet_distance", "kid_from_features", "log_fid_auc",
+            "image_features")] + [f"ipsolve.eval_report.x_{f}__mutmut_*" for f in (
+                "summarise", "log_fid_aucs", "read_records")]),
+    "units": dict(
+        mutate=["ipsolve/cli.py", "ipsolve/config.py", "ipsolve/degrade.py"],
+        tests=["test_units.py", "test_restore.py", "test_measurement.py"],
+        names=["ipsolve.cli.x_run_degrade__mutmut_*", "ipsolve.cli.x__restore_inputs__mutmut_*",
+               "ipsolve.config.xǁTaskConfigǁ*", "ipsolve.degrade.x_degrade__mutmut_*"]),
+    "degradations": dict(
+        mutate=["degradations/base.py", "degradations/denoising.py", "degradations/superresolution.py",
+                "degradations/colorization.py", "degradations/inpainting.py"],
+        tests=["test_operators.py", "test_operators_reference.py", "test_ddrm_reference.py", "test_measurement.py"],
+        names=None),
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
+          36: "timeout", 37: "type check", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout",
+          -11: "segfault", -9: "segfault"}
+DETECTED = {"killed", "timeout", "segfault"}
+
+
+def setup_cfg(phase: dict) -> str:
+    lines = ["[mutmut]", "source_paths =", "    solvers/", "    degradations/", "    ipsolve/", "only_mutate ="]
+    lines += [f"    {p}" for p in phase["mutate"]]
+    lines += ["do_not_mutate_patterns =", r"    ^\s*raise\s", r"    ^\s*print\(", "also_copy =", "    configs/",
+              "pytest_add_cli_args =", "    -p", "    no:cacheprovider", "pytest_add_cli_args_test_selection ="]
+    lines += [f"    tests/{t}" for t in phase["tests"]]
+    lines += ["process_isolation = forkserver", ""]
+    return "\n".join(lines)
+
+
+def prepare(work: Path, name: str) -> Path:
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in COPIED:
+        source, target = ROOT / item, folder / item
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    (folder / "setup.cfg").write_text(setup_cfg(PHASES[name]))
+    return folder
+
+
+def environment() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the copies under mutants/ must win
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return env
+
+
+def mutmut() -> str:
+    return str(Path(sys.executable).with_name("mutmut"))
+
+
+def run(work: Path, name: str) -> None:
+    folder = prepare(work, name)
+    names = PHASES[name]["names"] or []
+    print(f"== {name}: mutmut run in {folder}", flush=True)
+    subprocess.run([mutmut(), "run", "--max-children", "1", *names], cwd=folder, env=environment(), check=False)
+
+
+def verdicts(work: Path, name: str) -> dict:
+    phase, found = PHASES[name], {}
+    patterns = phase["names"]
+    for meta in (work / name / "mutants").rglob("*.meta"):
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if patterns is None or any(_matches(key, p) for p in patterns):
+                found[key] = code
+    return found
+
+
+def _matches(key: str, pattern: str) -> bool:
+    import fnmatch
+    return fnmatch.fnmatch(key, pattern)
+
+
+def summary(work: Path, name: str, diff: bool) -> None:
+    found = verdicts(work, name)
+    counts = Counter("not run" if code is None else STATUS.get(code, f"exit {code}") for code in found.values())
+    print(f"== {name}: {len(found)} mutants: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    for key, code in sorted(found.items()):
+        if code is not None and STATUS.get(code) not in DETECTED:
+            print(f"  {STATUS.get(code, code)}: {key}")
+            if diff:
+                shown = subprocess.run([mutmut(), "show", key], cwd=work / name, env=environment(),
+                                       capture_output=True, text=True).stdout
+                for line in shown.splitlines():
+                    if line[:1] in "+-" and not line.startswith(("+++", "---")):
+                        print("      " + line)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phases", nargs="+", help=f"all, or some of {', '.join(PHASES)}")
+    parser.add_argument("--work", default="/tmp/ipsolve-mutation", help="where the phase folders go")
+    parser.add_argument("--summary", action="store_true", help="print the results instead of running")
+    parser.add_argument("--diff", action="store_true", help="with --summary: show each survivor's change")
+    args = parser.parse_args(argv)
+    names = list(PHASES) if args.phases == ["all"] else args.phases
+    unknown = set(names) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s) {sorted(unknown)}; choose among {list(PHASES)}")
+    for name in names:
+        summary(Path(args.work), name, args.diff) if args.summary else run(Path(args.work), name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
