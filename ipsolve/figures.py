@@ -27,9 +27,12 @@ def measurement_picture(y: torch.Tensor, op) -> torch.Tensor:
     """What a measurement looks like at the image's size: H⁺y as a (C, H, W) picture in [0, 1].
 
     Super-resolution shows the low-resolution image enlarged by blocks, inpainting the observed pixels
-    with mid-gray holes, colorization the gray image, denoising and deblurring y itself.
+    with mid-gray holes, colorization the gray image, denoising and deblurring y itself. A nonlinear
+    sensor (no H⁺) shows y as it is.
     """
-    return from_model(op.H_pinv(y.reshape(-1, *op.measurement_shape)[:1]))[0].detach().to("cpu", torch.float32)
+    y = y.reshape(-1, *op.measurement_shape)[:1]
+    shown = op.H_pinv(y) if hasattr(op, "H_pinv") else y
+    return from_model(shown)[0].detach().to("cpu", torch.float32)
 
 
 def anytime_strip(measurement: torch.Tensor | None, previews: Sequence[torch.Tensor], nfes: Sequence[int],

@@ -51,7 +51,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         one, two = read_rows(tmp_path / "one" / name), read_rows(tmp_path / "two" / name)
         assert len(one) == len(two) > 0
         for a, b in zip(one, two):
-            numbers = {"psnr", "lpips", "fid", "kid"} & set(a)
+            numbers = {"psnr", "lpips", "fid", "kid", "to_final_mse", "to_final_lpips"} & set(a)
             assert {k: a[k] for k in a if k not in numbers} == {k: b[k] for k in b if k not in numbers}
             for key in numbers - {"fid", "kid"}:
                 assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6)
