@@ -20,7 +20,7 @@ from ipsolve.evaluation import OutputLayout
 from ipsolve.imageio import load_image, save_image
 
 TASKS = (TaskConfig(name="sr4", operator="sr4"), TaskConfig(name="deno", operator="deno", sigma_y_pixel=0.1))
-METHODS = (MethodConfig(name="ddrm"), MethodConfig(name="nested", splits={2: (2, 1), 4: (4, 1)}))
+METHODS = (MethodConfig(name="ddrm"), MethodConfig(name="nested", nested=True, splits={2: (2, 1), 4: (4, 1)}))
 BUDGETS = (2, 4)
 COUNT = 4
 
@@ -68,7 +68,9 @@ def report_inputs(tmp_path, monkeypatch):
                         task.name, method.name, budget, i))
                     record = {"task": task.name, "method": method.name, "budget": budget, "index": i,
                               "nfe": budget + (method.name == "ddrm"), "psnr": 10.0 * group + i,
-                              "lpips": 0.01 * group + 0.001 * i}
+                              "lpips": 0.01 * group + 0.001 * i,
+                              "to_final": {"mse": 0.001 * group, "lpips": 0.002 * i} if method.nested else None,
+                              "x0_to_final": {"2": {"mse": 0.003 * group + i, "lpips": 0.0}} if budget == 4 else {}}
                     layout.record(task.name, method.name, budget, i).write_text(json.dumps(record))
                     records.append(record)
     config = EvalConfig(model="test", tasks=TASKS, budgets=BUDGETS, methods=METHODS, fid_mode="clean")

@@ -110,7 +110,8 @@ def by_hand(model, clean, op, sigma_model, run_solver):
 def test_eval_measures_and_solves_in_model_units(eval_case):
     model, clean, op = eval_case
     task = TaskConfig(name="sr2", operator="sr2", sigma_y_pixel=0.1)
-    result = solve(model, Run(task, MethodConfig("ddrm", eta=0.7, eta_b=0.9), (4,)), clean, op, evaluation_draws())
+    method = MethodConfig("ddrm", options={"eta": 0.7, "eta_b": 0.9})
+    result, _ = solve(model, Run(task, method, (4,)), clean, op, evaluation_draws())
     (x0, nfe), = result.values()
     assert list(result) == [4] and nfe == 4
     for sigma_model, close in ((0.2, True), (0.1, False)):
@@ -123,8 +124,9 @@ def test_eval_measures_and_solves_in_model_units(eval_case):
 def test_eval_nested_runs_use_eta_outer(eval_case):
     model, clean, op = eval_case
     task = TaskConfig(name="sr2", operator="sr2", sigma_y_pixel=0.05)
-    method = MethodConfig("nested", eta_outer=0.8, splits={6: (3, 2)})
-    (x0, nfe), = solve(model, Run(task, method, (6,)), clean, op, evaluation_draws()).values()
+    method = MethodConfig("nested", nested=True, options={"eta": 0.85, "eta_b": 1.0}, eta_outer=0.8,
+                          splits={6: (3, 2)})
+    (x0, nfe), = solve(model, Run(task, method, (6,)), clean, op, evaluation_draws())[0].values()
     assert nfe == 6
     for eta_outer, close in ((0.8, True), (0.0, False)):
         expected = by_hand(model, clean, op, 0.1, lambda y, noise: list(solvers.nested(
