@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import degradations  # noqa: E402
 import solvers  # noqa: E402
 from bench_anytime import mnist_digits, photo_patches  # noqa: E402
-from ipsolve.metrics import psnr  # noqa: E402
 from ipsolve.models import GaussianMixturePrior  # noqa: E402
 from ipsolve.models.schedules import alphas_cumprod_from_betas  # noqa: E402
 from solvers.common import alpha_bar  # noqa: E402
@@ -82,16 +82,20 @@ class Variant:
     eta_b_outer: float = 1.0
     inner_eta: object = 0.85  # float or callable(step, steps) → η
     counts: object = None  # callable(S, I) → counts (default uniform)
-    library: dict = field(default_factory=dict)  # when set: run solvers.nested(**library) instead
+    library: dict | None = None  # when set: run solvers.nested(**library) instead (the library's schedules)
 
 
 VARIANTS = {
-    "paper": Variant(paper_plan),
+    "default": Variant(None, library={}),  # solvers.nested as it is now, default options
+    "paper": Variant(None, library={"schedule": "paper"}),
+    "paper (bench)": Variant(paper_plan),
     "first-plain": Variant(first_plain_then_linear),
     "tail": Variant(tail_plan),
     "tail-yaware": Variant(tail_plan, outer="ddrm"),
     "paper-yaware": Variant(paper_plan, outer="ddrm"),
+    "tail x0.9": Variant(scaled_tail_plan(0.9)),
     "tail x0.8": Variant(scaled_tail_plan(0.8)),
+    "tail x0.7": Variant(scaled_tail_plan(0.7)),
     "tail x1.25": Variant(scaled_tail_plan(1.25)),
     "tail x1.5": Variant(scaled_tail_plan(1.5)),
     "tail eta_o=0.5": Variant(tail_plan, eta_outer=0.5),
@@ -102,6 +106,10 @@ VARIANTS = {
 
 def run_variant(prior, y, op, sigma_y, variant: Variant, outer_steps, inner_steps, generator):
     """{nfe: preview x̂₀} of one nested run of `variant`."""
+    if variant.library is not None:
+        run = solvers.nested(prior, "ddrm", outer_steps=outer_steps, inner_steps=inner_steps, generator=generator,
+                             y=y, op=op, sigma_y=sigma_y, **variant.library)
+        return {preview.nfe: preview.x0 for preview in run}
     counts = variant.counts(outer_steps, inner_steps) if variant.counts else [inner_steps] * outer_steps
     grids = variant.plan(counts)
     meas = SpectralMeasurement(y, op, sigma_y)
@@ -180,8 +188,8 @@ def measure(prior, clean, task, seed):
     g = torch.Generator().manual_seed(1000 + seed)
     measured = op.H(clean)
     y = measured + SIGMA_Y[task] * torch.randn(measured.shape, generator=g, dtype=measured.dtype)
-    reference = prior.posterior(y, op, SIGMA_Y[task]).sample(1, generator=g)[0]
-    return op, y, reference
+    references = prior.posterior(y, op, SIGMA_Y[task]).sample(2, generator=g)
+    return op, y, references
 
 
 def collect(prior, clean, task, seeds, variants, split):
@@ -191,7 +199,7 @@ def collect(prior, clean, task, seeds, variants, split):
     plain, references = {}, []
     for seed in range(seeds):
         op, y, reference = measure(prior, clean, task, seed)
-        references.append(reference)
+        references.append(reference.transpose(0, 1))
         for name, variant in variants.items():
             previews = run_variant(prior, y, op, SIGMA_Y[task], variant, outer_steps, inner_steps,
                                    torch.Generator().manual_seed(seed))
@@ -201,60 +209,194 @@ def collect(prior, clean, task, seeds, variants, split):
             x0 = solvers.ddrm(prior, y, op, SIGMA_Y[task], plain_grid(nfe), generator=torch.Generator().manual_seed(seed))
             plain.setdefault(nfe, []).append(x0)
     cat = lambda d: {k: torch.cat(v) for k, v in d.items()}  # noqa: E731
-    return {name: cat(o) for name, o in outputs.items()}, cat(plain), torch.cat(references)
+    references = torch.cat(references)  # (images × seeds, 2, C, H, W): two exact posterior draws each
+    return {name: cat(o) for name, o in outputs.items()}, cat(plain), references[:, 0], references[:, 1]
 
 
-def table(prior, clean, task, seeds, variants, split, rounds=200):
-    """rows: (variant, nfe, psnr regret (mean, half), fd regret (point, lo, hi), psnr ours, fd ours)."""
-    outputs, plain, reference = collect(prior, clean, task, seeds, variants, split)
-    clean_all = clean.repeat(seeds, 1, 1, 1)
+def regret_rows(outputs, plain, clean, reference, rounds, generator, score):
+    """One row per (variant, preview): PSNR and FD regret with 95 % intervals (see the module doc)."""
     flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
-    score = lambda x: psnr((x + 1) / 2, (clean_all + 1) / 2)  # noqa: E731
-    g = torch.Generator().manual_seed(7)
     rows = []
     for name, previews in outputs.items():
         for nfe, x0 in sorted(previews.items()):
-            gap = score(plain[nfe]) - score(x0)
-            fd = fd_regret(flat(x0), flat(plain[nfe]), flat(reference), rounds, g)
-            rows.append((name, nfe, ci(gap), fd, score(x0).mean().item(), frechet(flat(x0), flat(reference))))
-    floor = frechet(flat(reference), flat(prior_posterior_resample(reference)))
+            gap, half = ci(score(plain[nfe]) - score(x0))
+            fd, lo, hi = fd_regret(flat(x0), flat(plain[nfe]), flat(reference), rounds, generator)
+            rows.append({"variant": name, "nfe": nfe, "psnr": score(x0).mean().item(),
+                         "psnr_plain": score(plain[nfe]).mean().item(), "psnr_regret": gap, "psnr_half": half,
+                         "fd": frechet(flat(x0), flat(reference)), "fd_plain": frechet(flat(plain[nfe]), flat(reference)),
+                         "fd_regret": fd, "fd_lo": lo, "fd_hi": hi})
+    return rows
+
+
+def capped_psnr(x, clean):
+    """PSNR (dB) on [0, 1] after clamping, capped at 60 dB (saturated patches can be restored exactly)."""
+    mse = (((x + 1) / 2).clamp(0, 1) - ((clean + 1) / 2).clamp(0, 1)).square().flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-6))
+
+
+def mixture_task(prior, clean, task, seeds, variants, split, rounds):
+    outputs, plain, reference, second = collect(prior, clean, task, seeds, variants, split)
+    clean_all = clean.repeat(seeds, 1, 1, 1)
+    score = lambda x: capped_psnr(x, clean_all)  # noqa: E731
+    rows = regret_rows(outputs, plain, clean_all, reference, rounds, torch.Generator().manual_seed(7), score)
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    floor = {"psnr": score(second).mean().item(), "fd": frechet(flat(second), flat(reference))}
     return rows, floor
 
 
-def prior_posterior_resample(reference):
-    return reference.roll(1, 0)  # placeholder: FD of the reference with a shifted copy is 0; floor unused
+# ----------------------------------------------------------------------------------------- embedded model
+EMBEDDED_TASKS = ("deno", "sr4", "inp")  # configs/tasks: deno σ_y 1.0 pixel (2.0 model units), sr4 and inp noiseless
+
+
+def embedded_task(model, digits, task_name, seeds, schedules, split, rounds, batch=50):
+    """The embedded MNIST model on held-out digits: plain DDRM (exactly k calls) against nested previews,
+    PSNR regret and the Fréchet distance in pixel space to the clean digits (FID's stand-in: Inception
+    features cost ~1 s an image on a CPU)."""
+    from ipsolve.config import load_task
+
+    task = load_task(task_name, Path(__file__).resolve().parents[1] / "configs" / "tasks")
+    op = degradations.make(task.operator, channels=1, image_size=tuple(digits.shape[-2:]), seed=task.seed,
+                           **task.params)
+    sigma_y = task.sigma_y_model
+    outer_steps, inner_steps = split
+    outputs = {name: {} for name in schedules}
+    plain = {}
+    x = 2 * digits - 1
+    with torch.inference_mode():
+        for seed in range(seeds):
+            for chunk in range(0, len(x), batch):
+                clean = x[chunk:chunk + batch]
+                g = torch.Generator().manual_seed(10_000 * seed + chunk)
+                measured = op.H(clean)
+                y = measured + sigma_y * torch.randn(measured.shape, generator=g)
+                marks = set()
+                for name, options in schedules.items():
+                    run = solvers.nested(model, "ddrm", outer_steps=outer_steps, inner_steps=inner_steps,
+                                         generator=torch.Generator().manual_seed(seed), y=y, op=op,
+                                         sigma_y=sigma_y, **options)
+                    for preview in run:
+                        outputs[name].setdefault(preview.nfe, []).append(preview.x0)
+                        marks.add(preview.nfe)
+                for nfe in sorted(marks):
+                    x0 = solvers.ddrm(model, y, op, sigma_y, solvers.plain_ddrm_timesteps(nfe),
+                                      generator=torch.Generator().manual_seed(seed))
+                    plain.setdefault(nfe, []).append(x0)
+    cat = lambda d: {k: torch.cat(v) for k, v in d.items()}  # noqa: E731
+    outputs, plain = {n: cat(o) for n, o in outputs.items()}, cat(plain)
+    clean_all = x.repeat(seeds, 1, 1, 1)
+    score = lambda out: capped_psnr(out, clean_all)  # noqa: E731
+    return regret_rows(outputs, plain, clean_all, clean_all, rounds, torch.Generator().manual_seed(7), score)
+
+
+# ------------------------------------------------------------------------------------------------ output
+def print_rows(title, rows, floor=None):
+    print(f"\n{title}")
+    print(f"{'variant':26s} {'NFE':>4s} {'PSNR':>7s} {'plain':>7s} {'regret dB (95%)':>17s} {'FD':>8s} {'plain':>8s} "
+          f"{'FD regret % (95%)':>24s}")
+    for r in rows:
+        print(f"{r['variant']:26s} {r['nfe']:4d} {r['psnr']:7.2f} {r['psnr_plain']:7.2f} {r['psnr_regret']:+7.2f} ± "
+              f"{r['psnr_half']:5.2f}  {r['fd']:8.4f} {r['fd_plain']:8.4f} {r['fd_regret']:+8.1f} "
+              f"[{r['fd_lo']:+6.1f}, {r['fd_hi']:+6.1f}]")
+    if floor:
+        print(f"{'exact posterior sample':26s} {'':4s} {floor['psnr']:7.2f} {'':35s} {floor['fd']:8.4f}")
+    sys.stdout.flush()
+
+
+def plot(results, path, variants):
+    """Regret curves: one column per (benchmark, task), PSNR regret on top, FD regret below."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [r for r in results if r["split"] == "3x10"]
+    fig, axes = plt.subplots(2, len(panels), figsize=(2.3 * len(panels), 4.6), squeeze=False, sharex=True)
+    for column, panel in enumerate(panels):
+        for name in variants:
+            rows = [r for r in panel["rows"] if r["variant"] == name]
+            if not rows:
+                continue
+            nfe = [r["nfe"] for r in rows]
+            axes[0, column].errorbar(nfe, [r["psnr_regret"] for r in rows], [r["psnr_half"] for r in rows],
+                                     marker="o", ms=3, capsize=2, label=name)
+            axes[1, column].errorbar(nfe, [r["fd_regret"] for r in rows],
+                                     [[max(0, r["fd_regret"] - r["fd_lo"]) for r in rows],
+                                      [max(0, r["fd_hi"] - r["fd_regret"]) for r in rows]], marker="o", ms=3, capsize=2)
+        for row, (limit, unit) in enumerate(((0.1, "dB"), (5, "%"))):
+            ax = axes[row, column]
+            ax.axhspan(-limit, limit, color="0.9")
+            ax.axhline(0, color="0.5", lw=0.5)
+            ax.tick_params(labelsize=7)
+        axes[0, column].set_title(f"{panel['benchmark']}\n{panel['task']}", fontsize=8)
+        axes[1, column].set_xlabel("NFE", fontsize=8)
+    axes[0, 0].set_ylabel("PSNR regret (dB)", fontsize=8)
+    axes[1, 0].set_ylabel("FD regret (%)", fontsize=8)
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle("regret(k) = plain DDRM with k calls − nested preview at k (95 % intervals; grey: the goal)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--components", type=int, default=20)
-    parser.add_argument("--datasets", default="mnist,photo")
+    parser.add_argument("--datasets", default="mnist,photo", help="mnist, photo and/or embedded")
     parser.add_argument("--tasks", default=None, help="comma list (default: every task of the dataset)")
     parser.add_argument("--splits", default="3x10", help="comma list of SxI")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="paper,default", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--rounds", type=int, default=200, help="bootstrap rounds for the FD interval")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--plot", type=Path, help="draw the regret curves of the results (or of --from-json)")
+    parser.add_argument("--from-json", type=Path, help="only plot / print results saved by --json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    variants = {name: VARIANTS[name] for name in args.variants.split(",")}
+    names = args.variants.split(",")
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        for panel in results:
+            print_rows(panel["title"], panel["rows"], panel.get("floor"))
+    else:
+        results = run_benchmarks(args, names)
+    if args.plot:
+        plot(results, args.plot, names)
+
+
+def run_benchmarks(args, names):
+    variants = {name: VARIANTS[name] for name in names}
     splits = [tuple(int(v) for v in s.split("x")) for s in args.splits.split(",")]
+    results = []
     for key in args.datasets.split(","):
-        title, tasks = DATASETS[key]
-        prior, test = load_prior(key, args.components)
-        clean = test[:args.images]
+        if key == "embedded":
+            from ipsolve.datasets import mnist32
+            from ipsolve.models import load_model
+
+            model = load_model("embedded")
+            digits = torch.from_numpy(mnist32("test")[:args.images])
+            schedules = {name: dict(schedule="paper" if name == "paper" else "matched") for name in names
+                         if name in ("paper", "default")}
+            tasks, title = EMBEDDED_TASKS, f"embedded model 1x32x32, {len(digits)} held-out digits"
+        else:
+            title, tasks = DATASETS[key]
+            prior, test = load_prior(key, args.components)
+            clean = test[:args.images]
         for task, split in itertools.product(args.tasks.split(",") if args.tasks else tasks, splits):
             if task not in tasks:
                 continue
             start = time.time()
-            rows, _ = table(prior, clean, task, args.seeds, variants, split, args.rounds)
-            print(f"\n{title}, {task} (σ_y {SIGMA_Y[task]}), {split[0]}x{split[1]}, {len(clean)} images × "
-                  f"{args.seeds} seeds ({time.time() - start:.0f} s)")
-            print(f"{'variant':26s} {'NFE':>4s} {'PSNR':>7s} {'regret dB (95%)':>18s} {'FD':>8s} {'FD regret % (95%)':>22s}")
-            for name, nfe, (gap, half), (fd, lo, hi), score, fd_ours in rows:
-                print(f"{name:26s} {nfe:4d} {score:7.2f} {gap:+8.2f} ± {half:5.2f}   {fd_ours:8.4f} "
-                      f"{fd:+7.1f} [{lo:+6.1f}, {hi:+6.1f}]")
-            sys.stdout.flush()
+            if key == "embedded":
+                rows, floor = embedded_task(model, digits, task, args.seeds, schedules, split, args.rounds), None
+            else:
+                rows, floor = mixture_task(prior, clean, task, args.seeds, variants, split, args.rounds)
+            heading = (f"{title}, {task}, {split[0]}x{split[1]}, {args.seeds} seeds "
+                       f"({time.time() - start:.0f} s)")
+            print_rows(heading, rows, floor)
+            results.append({"benchmark": title.split(",")[0], "task": task, "split": f"{split[0]}x{split[1]}",
+                            "title": heading, "rows": rows, "floor": floor})
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":
