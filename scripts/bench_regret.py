@@ -245,7 +245,12 @@ def mixture_task(prior, clean, task, seeds, variants, split, rounds):
 
 
 # ----------------------------------------------------------------------------------------- embedded model
-EMBEDDED_TASKS = ("deno", "sr4", "inp")  # configs/tasks: deno σ_y 1.0 pixel (2.0 model units), sr4 and inp noiseless
+EMBEDDED_TASKS = ("deno", "sr4", "inp")
+EMBEDDED_VARIANTS = {  # solvers.nested options for a 3x10 run
+    "default": {}, "paper": {"schedule": "paper"},
+    "tail": {"outer_timesteps": [g[0] for g in solvers.matched_inner_timesteps([10] * 3, reach=1.0)]},
+    "tail x0.8": {"outer_timesteps": [g[0] for g in solvers.matched_inner_timesteps([10] * 3, reach=0.8)]},
+}  # configs/tasks: deno σ_y 1.0 pixel (2.0 model units), sr4 and inp noiseless
 
 
 def embedded_task(model, digits, task_name, seeds, schedules, split, rounds, batch=50):
@@ -374,8 +379,7 @@ def run_benchmarks(args, names):
 
             model = load_model("embedded")
             digits = torch.from_numpy(mnist32("test")[:args.images])
-            schedules = {name: dict(schedule="paper" if name == "paper" else "matched") for name in names
-                         if name in ("paper", "default")}
+            schedules = {name: EMBEDDED_VARIANTS[name] for name in names}
             tasks, title = EMBEDDED_TASKS, f"embedded model 1x32x32, {len(digits)} held-out digits"
         else:
             title, tasks = DATASETS[key]
