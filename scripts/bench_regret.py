@@ -248,8 +248,7 @@ def mixture_task(prior, clean, task, seeds, variants, split, rounds):
 EMBEDDED_TASKS = ("deno", "sr4", "inp")
 EMBEDDED_VARIANTS = {  # solvers.nested options for a 3x10 run
     "default": {}, "paper": {"schedule": "paper"},
-    "tail": {"outer_timesteps": [g[0] for g in solvers.matched_inner_timesteps([10] * 3, reach=1.0)]},
-    "tail x0.8": {"outer_timesteps": [g[0] for g in solvers.matched_inner_timesteps([10] * 3, reach=0.8)]},
+    "tail x0.9": {"outer_timesteps": [g[0] for g in solvers.matched_inner_timesteps([10] * 3, reach=0.9)]},
 }  # configs/tasks: deno σ_y 1.0 pixel (2.0 model units), sr4 and inp noiseless
 
 
@@ -291,6 +290,69 @@ def embedded_task(model, digits, task_name, seeds, schedules, split, rounds, bat
     clean_all = x.repeat(seeds, 1, 1, 1)
     score = lambda out: capped_psnr(out, clean_all)  # noqa: E731
     return regret_rows(outputs, plain, clean_all, clean_all, rounds, torch.Generator().manual_seed(7), score)
+
+
+# ------------------------------------------------------------------------------------------- budget check
+def budget_check(model, clean, op, sigma_y, outer_steps, inner_steps, budget, seeds, batch=50):
+    """Mean PSNR (± 95 %) of every preview of a run with a budget below outer × inner: the old rule (the
+    paper's grid for outer × inner calls, the last inner run cut to what is left) against the default (the
+    budget shared over the runs that fit). {rule: [(nfe, mean, half)]}."""
+    counts = [inner_steps] * outer_steps
+    old_outer = solvers.outer_timesteps(outer_steps, solvers.ddrm_timesteps(sum(counts))[0])
+    old_counts = solvers.cut_to_budget(counts, budget)
+    rules = {"truncated (before)": dict(schedule="paper", outer_timesteps=old_outer[:len(old_counts)],
+                                        inner_steps=old_counts),
+             "planned (default)": dict(outer_steps=outer_steps, inner_steps=inner_steps, budget=budget)}
+    scores = {rule: {} for rule in [*rules, "plain DDRM"]}
+    with torch.inference_mode():
+        for seed in range(seeds):
+            for chunk in range(0, len(clean), batch):
+                x = clean[chunk:chunk + batch]
+                g = torch.Generator().manual_seed(10_000 * seed + chunk)
+                measured = op.H(x)
+                y = measured + sigma_y * torch.randn(measured.shape, generator=g, dtype=measured.dtype)
+                for rule, options in rules.items():
+                    run = solvers.nested(model, "ddrm", generator=torch.Generator().manual_seed(seed), y=y, op=op,
+                                         sigma_y=sigma_y, **options)
+                    for preview in run:
+                        scores[rule].setdefault(preview.nfe, []).append(capped_psnr(preview.x0, x))
+                for nfe in scores["planned (default)"]:
+                    x0 = solvers.ddrm(model, y, op, sigma_y, solvers.plain_ddrm_timesteps(nfe),
+                                      generator=torch.Generator().manual_seed(seed))
+                    scores["plain DDRM"].setdefault(nfe, []).append(capped_psnr(x0, x))
+    return {rule: [(nfe, *ci(torch.cat(v))) for nfe, v in sorted(by_nfe.items())] for rule, by_nfe in scores.items()}
+
+
+def run_budget_checks(args):
+    outer_steps, inner_steps, budget = (int(v) for v in args.budget_check.replace(":", "x").split("x"))
+    for key in args.datasets.split(","):
+        if key == "embedded":
+            from ipsolve.config import load_task
+            from ipsolve.datasets import mnist32
+            from ipsolve.models import load_model
+
+            model = load_model("embedded")
+            clean = 2 * torch.from_numpy(mnist32("test")[:args.images]) - 1
+            problems = []
+            for name in (args.tasks.split(",") if args.tasks else EMBEDDED_TASKS):
+                task = load_task(name, Path(__file__).resolve().parents[1] / "configs" / "tasks")
+                op = degradations.make(task.operator, channels=1, image_size=(32, 32), seed=task.seed, **task.params)
+                problems.append((f"embedded model, {name}", model, clean, op, task.sigma_y_model))
+        else:
+            title, tasks = DATASETS[key]
+            prior, test = load_prior(key, args.components)
+            clean = test[:args.images]
+            problems = [(f"{title}, {name}", prior, clean,
+                         degradations.make(name, channels=clean.shape[1], image_size=tuple(clean.shape[-2:]), seed=0),
+                         SIGMA_Y[name]) for name in (args.tasks.split(",") if args.tasks else tasks)]
+        for title, model, clean, op, sigma_y in problems:
+            start = time.time()
+            result = budget_check(model, clean, op, sigma_y, outer_steps, inner_steps, budget, args.seeds)
+            print(f"\n{title}: {outer_steps} outer x {inner_steps} inner, budget {budget}, {len(clean)} images x "
+                  f"{args.seeds} seeds ({time.time() - start:.0f} s); PSNR of every preview (95 %)")
+            for rule, rows in result.items():
+                print(f"  {rule:20s}" + "".join(f"  NFE {nfe:2d}: {m:6.2f} ± {h:4.2f}" for nfe, m, h in rows))
+            sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -355,8 +417,13 @@ def main():
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="draw the regret curves of the results (or of --from-json)")
     parser.add_argument("--from-json", type=Path, help="only plot / print results saved by --json")
+    parser.add_argument("--budget-check", metavar="SxI:B",
+                        help="instead: PSNR of every preview of S×I runs capped at B calls, truncated vs planned")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.budget_check:
+        run_budget_checks(args)
+        return
     names = args.variants.split(",")
     if args.from_json:
         results = json.loads(args.from_json.read_text())

@@ -70,7 +70,7 @@ def test_nfe_accounting_and_marks_shared_with_restore(prior, measurement, outer,
 def test_budget_sixteen_over_four_runs_of_five_is_six_five_five(prior, measurement):
     run = solvers.nested(prior, "ddrm", outer_steps=4, inner_steps=5, budget=16, **measurement)
     assert [len(g) for g in run.inner_timesteps] == [6, 5, 5]
-    assert run.inner_timesteps == solvers.matched_inner_timesteps([6, 5, 5], reach=0.9)
+    assert run.inner_timesteps == solvers.matched_inner_timesteps([6, 5, 5], reach=1.0)
 
 
 def test_planned_inner_counts():

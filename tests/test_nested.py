@@ -57,8 +57,8 @@ def test_nfe_previews_and_grids(prior, measurement):
     previews = list(run)
     assert [p.nfe for p in previews] == [10, 20, 30] and len(model.calls) == 30 == run.total_nfe
     assert [p.step for p in previews] == [1, 2, 3]
-    assert run.inner_timesteps == solvers.matched_inner_timesteps([10, 10, 10], reach=0.9)  # the default for DDRM
-    assert run.outer_timesteps == [900, 405, 267]
+    assert run.inner_timesteps == solvers.matched_inner_timesteps([10, 10, 10], reach=1.0)  # the default for DDRM
+    assert run.outer_timesteps == [900, 450, 297]
     assert [p.t for p in previews] == run.outer_timesteps == [grid[0] for grid in run.inner_timesteps]
     assert run.inner_timesteps[0] == solvers.ddrm_timesteps(10)  # the first run is plain DDRM with 10 calls
     assert [int(t[0]) for t, _ in model.calls] == sum(run.inner_timesteps, [])
@@ -153,7 +153,7 @@ def test_inner_schedules_and_lists(prior, measurement):
                            **measurement)
     assert [len(g) for g in front.inner_timesteps] == [15, 10, 5] and front.outer_timesteps == [990, 660, 330]
     matched = solvers.nested(prior, "ddrm", outer_steps=3, inner_steps=10, inner_schedule="back", **measurement)
-    assert matched.inner_timesteps == solvers.matched_inner_timesteps([5, 10, 15], reach=0.9)
+    assert matched.inner_timesteps == solvers.matched_inner_timesteps([5, 10, 15], reach=1.0)
     listed = solvers.nested(prior, "ddim", outer_steps=2, inner_steps=[3, 1], x_T=x_T())
     assert [p.nfe for p in listed] == [3, 4] and listed.inner_timesteps[1] == [listed.outer_timesteps[1]]
 
