@@ -369,6 +369,20 @@ def print_rows(title, rows, floor=None):
     sys.stdout.flush()
 
 
+def markdown(results, variants):
+    """The regret table in markdown: per benchmark / task / variant, 'PSNR regret ± 95 % / FD regret %' per preview."""
+    lines = ["| benchmark | task | schedule | preview 1 | preview 2 | preview 3 |", "|---|---|---|---|---|---|"]
+    for panel in results:
+        for name in variants:
+            rows = [r for r in panel["rows"] if r["variant"] == name]
+            if rows:
+                cells = [f"{r['nfe']}: {r['psnr_regret']:+.2f} ± {r['psnr_half']:.2f} dB, {r['fd_regret']:+.0f} % "
+                         f"[{r['fd_lo']:+.0f}, {r['fd_hi']:+.0f}]" for r in rows]
+                lines.append(f"| {panel['benchmark']} | {panel['task']} ({panel['split']}) | {name} | "
+                             + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results, path, variants):
     """Regret curves: one column per (benchmark, task), PSNR regret on top, FD regret below."""
     import matplotlib
@@ -429,6 +443,7 @@ def main():
         results = json.loads(args.from_json.read_text())
         for panel in results:
             print_rows(panel["title"], panel["rows"], panel.get("floor"))
+        print("\n" + markdown(results, names))
     else:
         results = run_benchmarks(args, names)
     if args.plot:
