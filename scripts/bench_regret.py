@@ -430,7 +430,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=200, help="bootstrap rounds for the FD interval")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="draw the regret curves of the results (or of --from-json)")
-    parser.add_argument("--from-json", type=Path, help="only plot / print results saved by --json")
+    parser.add_argument("--from-json", type=Path, nargs="+",
+                        help="only plot / print results saved by --json (a later file's panel replaces an earlier one's)")
     parser.add_argument("--budget-check", metavar="SxI:B",
                         help="instead: PSNR of every preview of S×I runs capped at B calls, truncated vs planned")
     args = parser.parse_args()
@@ -440,7 +441,11 @@ def main():
         return
     names = args.variants.split(",")
     if args.from_json:
-        results = json.loads(args.from_json.read_text())
+        panels = {}
+        for path in args.from_json:
+            for panel in json.loads(path.read_text()):
+                panels[panel["benchmark"], panel["task"], panel["split"]] = panel
+        results = list(panels.values())
         for panel in results:
             print_rows(panel["title"], panel["rows"], panel.get("floor"))
         print("\n" + markdown(results, names))
