@@ -31,11 +31,10 @@ class Preview:
 
 
 def preview_marks(outer: int, inner: int, budget: int | None = None) -> list[int]:
-    """NFE counts at which Nested Diffusion hands out an anytime image: after each inner run of `inner`
-    calls; a `budget` shortens the last inner run that fits and drops the rest."""
+    """NFE counts at which Nested Diffusion hands out an anytime image: after each inner run, as
+    `solvers.inner_run_lengths` plans them (a `budget` is shared over the inner runs that fit it whole)."""
     check_schedule(outer, inner, budget)
-    counts = [inner] * outer if budget is None else solvers.cut_to_budget([inner] * outer, budget)
-    return list(itertools.accumulate(counts))
+    return list(itertools.accumulate(solvers.inner_run_lengths(outer, inner, budget)))
 
 
 def check_schedule(outer: int, inner: int, budget: int | None = None) -> None:
@@ -88,12 +87,12 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
             generator: torch.Generator | None = None, on_preview=None, on_nfe=None) -> list[Preview]:
     """Restore `measurement` (with .y, .op, .sigma_y in model units) with `model`; return the previews.
 
-    Nested Diffusion runs `outer` steps of `inner` calls of `solver` each (at most `budget` NFE, the
-    last inner run shortened to fit); `vanilla` runs the plain solver with as many calls and hands out
-    its x̂₀ predictions at the same NFE marks, so the two anytime strips compare. eta / eta_b / step_size
-    go to the solvers that take them (None: the solver's default; given to one that does not: an
-    error). `batch` draws that many samples for the one measurement. The last preview is the result.
-    Runs on the device of measurement.y (put the model there too).
+    Nested Diffusion runs `outer` steps of `inner` calls of `solver` each (at most `budget` NFE, shared
+    over the inner runs that fit it whole: `preview_marks`); `vanilla` runs the plain solver with as many
+    calls and hands out its x̂₀ predictions at the same NFE marks, so the two anytime strips compare.
+    eta / eta_b / step_size go to the solvers that take them (None: the solver's default; given to one
+    that does not: an error). `batch` draws that many samples for the one measurement. The last preview
+    is the result. Runs on the device of measurement.y (put the model there too).
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")

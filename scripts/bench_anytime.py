@@ -8,8 +8,9 @@ per image) of the latest available answer at each NFE mark:
 
 * DDRM 30 (x̂₀ so far): one 30-call DDRM run, its current x̂₀ prediction after k calls;
 * DDRM k (final): separate DDRM runs of exactly k calls (needs the budget known in advance);
-* Nested S×I: the latest preview of Nested DDRM (uniform inner steps; "front"/"back" schedules share the
-  same 30 calls out as 15/10/5 and 5/10/15);
+* Nested S×I: the latest preview of Nested DDRM with the default ("matched") schedule (uniform inner
+  steps; "front"/"back" share the same 30 calls out as 15/10/5 and 5/10/15); "paper": the released
+  code's grids (scripts/bench_regret.py measures the regret of both against plain DDRM);
 * the exact posterior mean and an exact posterior sample.
 
 Usage: python scripts/bench_anytime.py [--images 200] [--components 20]
@@ -68,9 +69,9 @@ def ddrm_final(prior, y, op, sigma_y, calls, generator):
     return {calls: ddrm_anytime(prior, y, op, sigma_y, calls, generator)[calls]}
 
 
-def nested_previews(prior, y, op, sigma_y, outer, inner, generator, schedule="uniform"):
+def nested_previews(prior, y, op, sigma_y, outer, inner, generator, schedule="uniform", grids=None):
     run = solvers.nested(prior, "ddrm", outer_steps=outer, inner_steps=inner, inner_schedule=schedule,
-                         generator=generator, y=y, op=op, sigma_y=sigma_y)
+                         schedule=grids, generator=generator, y=y, op=op, sigma_y=sigma_y)
     return {preview.nfe: preview.x0 for preview in run}
 
 
@@ -80,9 +81,11 @@ METHODS = {
     "DDRM 20 (final)": lambda *a: ddrm_final(*a[:4], 20, a[4]),
     "DDRM 30 (final)": lambda *a: ddrm_final(*a[:4], 30, a[4]),
     "Nested 3x10": lambda *a: nested_previews(*a[:4], 3, 10, a[4]),
+    "Nested 3x10 paper": lambda *a: nested_previews(*a[:4], 3, 10, a[4], grids="paper"),
     "Nested 3x10 front": lambda *a: nested_previews(*a[:4], 3, 10, a[4], "front"),
     "Nested 3x10 back": lambda *a: nested_previews(*a[:4], 3, 10, a[4], "back"),
     "Nested 5x6": lambda *a: nested_previews(*a[:4], 5, 6, a[4]),
+    "Nested 5x6 paper": lambda *a: nested_previews(*a[:4], 5, 6, a[4], grids="paper"),
     "Nested 5x6 front": lambda *a: nested_previews(*a[:4], 5, 6, a[4], "front"),
     "Nested 5x6 back": lambda *a: nested_previews(*a[:4], 5, 6, a[4], "back"),
 }

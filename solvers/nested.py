@@ -5,11 +5,18 @@ for generation — Algorithm 2 —) runs from the outer state x_t itself down to
 the anytime image, and the outer step is DDIM from (x_t, x̂₀):
 ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t), x_next = √ᾱ_n x̂₀ + √(1−ᾱ_n−σ²) ε̂ + σ z (η_o = 0 by default).
 
-Outer grid: S times evenly spaced from a top time down, 0 excluded (`outer_timesteps`). The top is
-T − 1 for generation (the released DiT grid) and, for DDRM, the top of vanilla DDRM's grid for the same
-total number of calls, `ddrm_timesteps(total)[0]`, so both start at the same noise level and S = 1 is
-plain DDRM on its own grid (for totals dividing 1000). Inner grids: `inner_timesteps` (evenly spaced on
-[0, t], both ends) for DDRM / DDIM / DDPM, `dpm_inner_timesteps` for DPM-Solver++ (the released code's).
+Schedules (where the outer times and inner grids lie; docs/anytime_schedule.md has the measurements):
+* "matched" (the default for inverse problems, i.e. inner samplers that take y): inner run j, of k_j calls,
+  runs on the last k_j points of plain DDRM's grid for K_j = k_1 + … + k_j calls — the calls made by the
+  end of that run (`matched_inner_timesteps`) —, started from the outer state instead of plain DDRM's own.
+  The first run *is* plain DDRM with k_1 calls (same grid, same draws), and every later preview steps
+  exactly as plain DDRM with as many calls does near t = 0, so stopping early costs nothing measurable.
+* "paper" (the default for generation; the released code): outer times evenly spaced from a top time
+  down, 0 excluded (`outer_timesteps`), the top T − 1 for generation and, for DDRM, the top of vanilla
+  DDRM's grid for the total, `ddrm_timesteps(total)[0]`; inner grids `inner_timesteps` (evenly spaced on
+  [0, t], both ends) for DDRM / DDIM / DDPM, `dpm_inner_timesteps` for DPM-Solver++ (the released code's).
+Either way S = 1 is the plain inner sampler. A `budget` is planned, not truncated: the runs that fit it
+whole are kept and the budget is shared over them (`planned_inner_counts`).
 """
 from __future__ import annotations
 
@@ -25,8 +32,8 @@ from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .dps import dps
 from .pigdm import pigdm
-from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
-                        outer_timesteps)
+from .timesteps import (ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
+                        matched_inner_timesteps, outer_timesteps, plain_ddrm_timesteps, planned_inner_counts)
 
 INNER_SAMPLERS = {"ddrm": ddrm, "ddnm": ddnm, "pigdm": pigdm, "dps": dps, "ddim": ddim, "ddpm": ddpm,
                   "dpm_solver": dpm_solver}
@@ -39,6 +46,13 @@ REQUIRED_OPTIONS = {"ddrm": ("y", "op", "sigma_y"), "ddnm": ("y", "op", "sigma_y
 DEFAULT_INNER_GRIDS = {"ddrm": inner_timesteps, "ddnm": inner_timesteps, "pigdm": inner_timesteps,
                        "dps": inner_timesteps, "ddim": inner_timesteps, "ddpm": inner_timesteps,
                        "dpm_solver": dpm_inner_timesteps}
+# The grid of a plain run of n calls, which the "matched" schedule matches (default: DDRM's, for every inner
+# sampler that restores from y); the generation samplers' plain grids are the released code's.
+PLAIN_GRIDS = {"ddim": lambda n, num_train: inner_timesteps(num_train - 1, n),
+               "ddpm": lambda n, num_train: inner_timesteps(num_train - 1, n),
+               "dpm_solver": lambda n, num_train: dpm_inner_timesteps(num_train - 1, n)}
+SCHEDULES = ("matched", "paper")
+MATCHED_REACH = 1.0  # < 1 starts later runs lower: better on average, worse at some budgets (docs/anytime_schedule.md)
 
 
 @dataclass(frozen=True)
@@ -55,23 +69,25 @@ class Preview:
 
 def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_steps=None, x_T=None, shape=None,
            budget: int | None = None, eta_outer: float = 0.0, generator=None, noise=None, cond=None, hook=None,
-           *, outer_timesteps: list[int] | None = None, inner_schedule: str = "uniform", inner_grid=None,
-           callback=None, dtype=None, device=None, **inner_kwargs) -> NestedRun:
+           *, schedule: str | None = None, outer_timesteps: list[int] | None = None, inner_schedule: str = "uniform",
+           inner_grid=None, callback=None, dtype=None, device=None, **inner_kwargs) -> NestedRun:
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
     (y, op, sigma_y; eta, cg_iterations), "dps" (y, forward; step_size), "ddim" (eta), "ddpm" (variance)
     or "dpm_solver" (order, variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator
     with an SVD; pigdm takes any linear operator with H and Ht, dps any differentiable forward.
-    outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the default grid).
+    outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the schedule's).
     inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule
     ("uniform", "front", "back") shares the S·I calls out over the outer steps (`inner_step_counts`).
-    inner_grid: callable(t, count) → the inner timesteps (default per sampler, see the module doc).
+    schedule: "matched" or "paper" (module doc); None → "matched" for inner samplers that take y, else "paper".
+    inner_grid: callable(t, count) → the inner timesteps (default: the schedule's, see the module doc).
     x_T: the first outer state; None → DDRM's y-aware initialisation at the top time for "ddrm" (so
     S = 1 equals plain DDRM with the same draws), standard normal noise shaped as the operator's images
     (y's dtype/device) for ddnm, pigdm and dps (their plain start), else standard normal noise of `shape`
     (dtype/device). Every inner run starts from the outer state itself, never re-initialised.
-    budget: cap on the total number of model calls (the last inner run is shortened to fit).
+    budget: cap on the total number of model calls, planned from the start (`planned_inner_counts`: the
+    inner runs that fit whole are kept and lengthened to share the whole budget; none is cut short).
     eta_outer: η of the outer DDIM step. Random draws come from `noise` or `generator`, as in the samplers.
     cond: passed to the model untouched (when not None); `run.set_cond` changes it for later inner runs.
     hook(preview, run): called after every inner run, before the preview is yielded.
@@ -91,8 +107,12 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
         require_svd(inner_kwargs["op"], inner)
     if eta_outer < 0:
         raise ValueError(f"eta_outer must be non-negative, got {eta_outer}")
+    if schedule is None:
+        schedule = "matched" if "y" in INNER_OPTIONS[inner] else "paper"
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     outer_grid, inner_grids = _plan(model, inner, outer_steps, inner_steps, outer_timesteps, inner_schedule,
-                                    inner_grid, budget)
+                                    inner_grid, budget, schedule)
     if x_T is None and inner == "ddrm":
         x_T = ddrm_init(model, inner_kwargs["y"], inner_kwargs["op"], inner_kwargs["sigma_y"], outer_grid[0],
                         noise=noise, generator=generator)
@@ -183,8 +203,9 @@ class NestedRun:
         return ddim_step(self._x0, eps, a, a_next, self.eta_outer, self._draw)
 
 
-def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, inner_grid, budget):
-    """(outer times, inner grids) of the steps that run, the last inner run cut to fit `budget`."""
+def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, inner_grid, budget,
+          schedule="paper"):
+    """(outer times, inner grids) of the steps that run, planned for `budget` (see `planned_inner_counts`)."""
     num_train = len(model.alphas_cumprod)
     if outer_grid is not None:
         outer_grid = check_timesteps(outer_grid, model)
@@ -193,21 +214,35 @@ def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, in
         outer_steps = len(outer_grid)
     if outer_steps is None or inner_steps is None:
         raise ValueError("nested needs outer_steps (or outer_timesteps) and inner_steps")
-    counts = _inner_counts(inner_steps, outer_steps, inner_schedule)
-    if outer_grid is None:
+    counts = inner_run_lengths(outer_steps, inner_steps, budget, inner_schedule)
+    grid_of = inner_grid or DEFAULT_INNER_GRIDS[inner]
+    if outer_grid is not None:
+        outer_grid = outer_grid[:len(counts)]
+    elif schedule == "matched":
+        matched = matched_inner_timesteps(counts, PLAIN_GRIDS.get(inner, plain_ddrm_timesteps), MATCHED_REACH,
+                                          num_train)
+        outer_grid = [grid[0] for grid in matched]
+        if inner_grid is None:
+            return outer_grid, [check_timesteps(grid, model) for grid in matched]
+    else:
         total = sum(counts)
         top = ddrm_timesteps(min(total, num_train), num_train)[0] if inner == "ddrm" else num_train - 1
-        outer_grid = outer_timesteps(outer_steps, top)
-    if budget is not None:
-        if budget < 1:
-            raise ValueError(f"budget must be at least 1 model call, got {budget}")
-        counts = cut_to_budget(counts, budget)
-    grid_of = inner_grid or DEFAULT_INNER_GRIDS[inner]
+        outer_grid = outer_timesteps(len(counts), top)
     grids = [check_timesteps(grid_of(t, count), model) for t, count in zip(outer_grid, counts)]
     for t, count, grid in zip(outer_grid, counts, grids):
         if len(grid) != count or grid[0] != t:
             raise ValueError(f"inner grid at outer time {t} must start at {t} with {count} points, got {grid}")
-    return outer_grid[:len(counts)], grids
+    return outer_grid, grids
+
+
+def inner_run_lengths(outer_steps: int, inner_steps, budget: int | None = None,
+                      inner_schedule: str = "uniform") -> list[int]:
+    """The model calls of each inner run that nested will make: `inner_steps` (one int shared out by
+    `inner_schedule`, or a list) over `outer_steps`, planned for `budget` (`planned_inner_counts`).
+    Their running sums are the NFEs at which the previews come (restore announces these marks)."""
+    if budget is not None and budget < 1:
+        raise ValueError(f"budget must be at least 1 model call, got {budget}")
+    return planned_inner_counts(_inner_counts(inner_steps, outer_steps, inner_schedule), budget)
 
 
 def _inner_counts(inner_steps, outer_steps, schedule):

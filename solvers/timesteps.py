@@ -4,6 +4,7 @@ Every grid is a descending list of ints. Rounding is of the exact rational value
 """
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 
@@ -11,6 +12,11 @@ def ddrm_timesteps(n: int, num_train: int = 1000) -> list[int]:
     """DDRM's grid: skip = T // n, then 0, skip, 2·skip, … < T from the top down (10 → 900…0; 30 → 31 points)."""
     _check_count("n", n, num_train)
     return list(range(0, num_train, num_train // n))[::-1]
+
+
+def plain_ddrm_timesteps(n: int, num_train: int = 1000) -> list[int]:
+    """Plain DDRM with exactly n calls: DDRM's grid cut to its last n points (30 → 957, 924, …, 0)."""
+    return ddrm_timesteps(n, num_train)[-n:]
 
 
 def linspace_timesteps(start: int, stop: int, count: int) -> list[int]:
@@ -88,6 +94,51 @@ def inner_step_counts(total: int, outer_steps: int, schedule: str = "uniform") -
 def _check_count(name, count, most):
     if not 1 <= count <= most:
         raise ValueError(f"{name} must lie in 1…{most}, got {count}")
+
+
+def planned_inner_counts(counts: list[int], budget: int | None = None) -> list[int]:
+    """Inner-run lengths of a nested run capped at `budget` calls, planned from the start: the leading runs
+    that fit whole are kept and the whole budget is shared over them in proportion to their lengths
+    (largest remainder, ties to the earlier run), so no run is shortened below its plan and the last
+    preview comes after exactly min(budget, sum(counts)) calls ([10, 10, 10] with 25 → [13, 12]; with 7 → [7]).
+    """
+    counts = [int(c) for c in counts]
+    if not counts or min(counts) < 1:
+        raise ValueError(f"inner-run lengths must be at least 1, got {counts}")
+    if budget is None or budget >= sum(counts):
+        return counts
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1 model call, got {budget}")
+    kept = max(1, sum(1 for total in itertools.accumulate(counts) if total <= budget))
+    counts = counts[:kept]
+    shares = [Fraction(budget * c, sum(counts)) for c in counts]
+    planned = [int(share) for share in shares]
+    for i in sorted(range(kept), key=lambda i: (planned[i] - shares[i], i))[:budget - sum(planned)]:
+        planned[i] += 1
+    return planned
+
+
+def matched_inner_timesteps(counts: list[int], plain_grid=plain_ddrm_timesteps, reach: float = 1.0,
+                            num_train: int = 1000) -> list[list[int]]:
+    """The inner grids of the "matched" nested schedule: run j (k_j calls) spans [0, t_j] evenly, where
+    t_j is where the last k_j points of `plain_grid(K_j)` start, K_j = k_1 + … + k_j the calls made by
+    then — so every inner run steps as finely as a plain run that spent the same calls in all, and the
+    first run is the plain run with k_1 calls. `reach` < 1 starts the later runs lower (t_j scaled).
+    The outer times are the grids' first points; they must come out strictly descending.
+    """
+    grids = []
+    for step, (count, total) in enumerate(zip(counts, itertools.accumulate(counts))):
+        plain = plain_grid(total, num_train) if total <= num_train else []
+        if len(plain) < count:
+            raise ValueError(f"the plain grid for {total} calls has fewer than {count} points")
+        top = plain[-count] if step == 0 else round(reach * plain[-count])
+        if grids and top >= grids[-1][0]:
+            raise ValueError(f"inner runs of {counts} calls: run {step + 1} would start at t = {top}, not below "
+                             f"the previous run's {grids[-1][0]}; give later runs fewer calls")
+        if top < count - 1:
+            raise ValueError(f"inner run {step + 1} cannot make {count} calls below t = {top}")
+        grids.append(plain[-count:] if step == 0 else inner_timesteps(top, count))
+    return grids
 
 
 def cut_to_budget(counts: list[int], budget: int) -> list[int]:

@@ -201,11 +201,11 @@ def test_picks_file_and_interactive_answers_reach_the_run(sd_folder, tmp_path, m
     assert record["feedback"] == [{"step": 1, "keep": [0]}, {"step": 1, "cond": "a dog"}]
 
 
-def test_budget_cuts_the_last_inner_run(sd_folder, tmp_path):
+def test_budget_is_shared_over_the_inner_runs_that_fit(sd_folder, tmp_path):
     generate_cli("--model", sd_folder, "--prompt", "a cat", "--outer", 3, "--inner", 2, "--n", 1,
-                 "--budget", 3, "--out", tmp_path)
+                 "--budget", 5, "--out", tmp_path)
     record = json.loads((tmp_path / "run.json").read_text())
-    assert [p["nfe"] for p in record["previews"]] == [2, 3]
+    assert [p["nfe"] for p in record["previews"]] == [3, 5]  # 2 + 2 fit: 5 shared as 3 + 2, no 1-call run
 
 
 def test_dit_generates_from_a_class_with_ddpm_inside(dit_folder, tmp_path):

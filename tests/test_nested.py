@@ -57,10 +57,18 @@ def test_nfe_previews_and_grids(prior, measurement):
     previews = list(run)
     assert [p.nfe for p in previews] == [10, 20, 30] and len(model.calls) == 30 == run.total_nfe
     assert [p.step for p in previews] == [1, 2, 3]
-    assert [p.t for p in previews] == run.outer_timesteps == [990, 660, 330]  # DDRM's top for 30 calls
+    assert run.inner_timesteps == solvers.matched_inner_timesteps([10, 10, 10], reach=1.0)  # the default for DDRM
+    assert run.outer_timesteps == [900, 450, 297]
+    assert [p.t for p in previews] == run.outer_timesteps == [grid[0] for grid in run.inner_timesteps]
+    assert run.inner_timesteps[0] == solvers.ddrm_timesteps(10)  # the first run is plain DDRM with 10 calls
     assert [int(t[0]) for t, _ in model.calls] == sum(run.inner_timesteps, [])
-    assert run.inner_timesteps[1] == solvers.inner_timesteps(660, 10)
     assert run.latest is previews[-1]
+
+
+def test_paper_schedule_grids(prior, measurement):
+    run = solvers.nested(prior, "ddrm", outer_steps=3, inner_steps=10, schedule="paper", **measurement)
+    assert run.outer_timesteps == [990, 660, 330]  # DDRM's top for 30 calls
+    assert run.inner_timesteps[1] == solvers.inner_timesteps(660, 10)
 
 
 def test_generation_uses_the_released_outer_grid(prior):
@@ -72,12 +80,13 @@ def test_generation_uses_the_released_outer_grid(prior):
     assert preview.x0.shape == (2, 1, 4, 4) and preview.x0.dtype == torch.float64
 
 
-@pytest.mark.parametrize("budget,marks", [(25, [10, 20, 25]), (7, [7]), (30, [10, 20, 30]), (100, [10, 20, 30])])
-def test_budget_caps_the_calls(prior, measurement, budget, marks):
+@pytest.mark.parametrize("schedule", ["matched", "paper"])
+@pytest.mark.parametrize("budget,marks", [(25, [13, 25]), (7, [7]), (30, [10, 20, 30]), (100, [10, 20, 30])])
+def test_budget_is_planned_over_the_runs_that_fit(prior, measurement, budget, marks, schedule):
     model = Recorder(prior)
     run = solvers.nested(model, "ddrm", outer_steps=3, inner_steps=10, budget=budget, generator=generator(),
-                         **measurement)
-    assert [p.nfe for p in run] == marks and len(model.calls) == marks[-1]
+                         schedule=schedule, **measurement)
+    assert [p.nfe for p in run] == marks and len(model.calls) == marks[-1] == run.total_nfe
 
 
 def test_callback_counts_over_the_whole_run(prior):
@@ -96,9 +105,11 @@ def test_outer_step_is_ddim_from_the_inner_result(prior):
                                    atol=1e-12)
 
 
-def test_first_ddrm_state_is_the_y_aware_initialisation(prior, measurement):
-    run = solvers.nested(prior, "ddrm", outer_steps=2, inner_steps=10, generator=generator(6), **measurement)
-    expected = solvers.ddrm_init(prior, measurement["y"], measurement["op"], 0.1, 950, generator=generator(6))
+@pytest.mark.parametrize("schedule,top", [("matched", 900), ("paper", 950)])  # plain 10 calls; DDRM's top for 20
+def test_first_ddrm_state_is_the_y_aware_initialisation(prior, measurement, schedule, top):
+    run = solvers.nested(prior, "ddrm", outer_steps=2, inner_steps=10, generator=generator(6), schedule=schedule,
+                         **measurement)
+    expected = solvers.ddrm_init(prior, measurement["y"], measurement["op"], 0.1, top, generator=generator(6))
     assert torch.equal(next(run).x, expected)
 
 
@@ -138,8 +149,11 @@ def test_break_is_an_early_stop_and_iterating_again_resumes(prior):
 
 
 def test_inner_schedules_and_lists(prior, measurement):
-    front = solvers.nested(prior, "ddrm", outer_steps=3, inner_steps=10, inner_schedule="front", **measurement)
+    front = solvers.nested(prior, "ddrm", outer_steps=3, inner_steps=10, inner_schedule="front", schedule="paper",
+                           **measurement)
     assert [len(g) for g in front.inner_timesteps] == [15, 10, 5] and front.outer_timesteps == [990, 660, 330]
+    matched = solvers.nested(prior, "ddrm", outer_steps=3, inner_steps=10, inner_schedule="back", **measurement)
+    assert matched.inner_timesteps == solvers.matched_inner_timesteps([5, 10, 15], reach=1.0)
     listed = solvers.nested(prior, "ddim", outer_steps=2, inner_steps=[3, 1], x_T=x_T())
     assert [p.nfe for p in listed] == [3, 4] and listed.inner_timesteps[1] == [listed.outer_timesteps[1]]
 
@@ -167,6 +181,8 @@ def test_bad_arguments_raise_value_error(prior, measurement):
         (dict(inner="ddim", outer_steps=2, inner_steps=[2, 2], x_T=x_T(), inner_schedule="front"), "inner_schedule"),
         (dict(inner="ddim", outer_steps=3, inner_steps=2, x_T=x_T(), outer_timesteps=[900, 100]), "outer_steps"),
         (dict(inner="ddim", outer_steps=2, inner_steps=2, x_T=x_T(), budget=0), "budget"),
+        (dict(inner="ddim", outer_steps=2, inner_steps=2, x_T=x_T(), schedule="front"), "schedule"),
+        (dict(inner="ddrm", outer_steps=2, inner_steps=[2, 20], schedule="matched", **measurement), "not below"),
         (dict(inner="ddim", outer_steps=2, inner_steps=2), "x_T or shape"),
         (dict(inner="ddim", inner_steps=2, x_T=x_T()), "outer_steps"),
     ]

@@ -63,10 +63,10 @@ def test_a_preview_after_every_inner_run_and_progress_after_every_call(sr_case):
     assert previews[-1].x0.shape == (1, 1, 4, 6) and previews[-1].x0.dtype == torch.float64
 
 
-def test_budget_shortens_the_last_inner_run_that_fits(sr_case):
+def test_budget_is_shared_over_the_inner_runs_that_fit(sr_case):
     model = GaussianEps()
     previews = restore(sr_case, model, outer=4, inner=3, budget=7, generator=seeded())
-    assert [p.nfe for p in previews] == [3, 6, 7] == preview_marks(4, 3, 7) and model.calls == 7
+    assert [p.nfe for p in previews] == [4, 7] == preview_marks(4, 3, 7) and model.calls == 7
     assert preview_marks(2, 3, budget=6) == [3, 6]
 
 
