@@ -210,7 +210,7 @@ def test_ddrm_top_time_follows_the_models_schedule_length():
     splits [0, 450] (not the 900 of a 1000-step schedule)."""
     op = degradations.make("sr2", channels=1, image_size=(4, 4))
     y = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
-    run = solvers.nested(ShortSchedule(), "ddrm", outer_steps=2, inner_steps=5, y=y, op=op, sigma_y=0.1)
+    run = solvers.nested(ShortSchedule(), "ddrm", outer_steps=2, inner_steps=5, y=y, op=op, sigma_y=0.1, schedule="paper")
     assert run.outer_timesteps == [450, 225]
     assert [p.nfe for p in run] == [5, 10]
 
