@@ -206,7 +206,7 @@ def run_restore_folder(args) -> int:
     from ipsolve.batch_restore import BatchSettings, list_measurements, restore_folder
     from ipsolve.models import load_model
     from ipsolve.resources import check_fits, check_steps
-    from ipsolve.restore import check_schedule
+    from ipsolve.restore import check_plan, check_schedule
 
     check_schedule(args.outer, args.inner, args.budget)
     if args.batch != 1:
@@ -219,6 +219,8 @@ def run_restore_folder(args) -> int:
     try:
         model = load_model(args.model, device=workers.device)
         check_steps(model, args.outer, args.inner)
+        if not args.vanilla:
+            check_plan(model, args.solver, args.outer, args.inner, args.budget)
         if getattr(model, "image_shape", None):
             check_fits(model, tuple(model.image_shape), args.batch_size, workers.device, force=args.force)
         settings = BatchSettings(args.outer, args.inner, args.budget, args.solver, options, args.vanilla, args.seed,
@@ -285,12 +287,14 @@ def _restore_inputs(args):
 
     from ipsolve.models import load_model  # after the quick checks above: slow imports
     from ipsolve.resources import check_fits, check_steps
-    from ipsolve.restore import check_model_fits, preview_marks
+    from ipsolve.restore import check_model_fits, check_plan, preview_marks
 
     measurement, mask = _read_checked(args, source, mask)
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
     check_steps(model, args.outer, args.inner)
+    if not args.vanilla:
+        check_plan(model, args.solver, args.outer, args.inner, args.budget)
     check_model_fits(model, tuple(measurement.op.input_shape), device)
     check_fits(model, tuple(measurement.op.input_shape), args.batch, device, force=args.force)
     measurement = measurement._replace(y=measurement.y.to(device))

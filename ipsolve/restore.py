@@ -76,6 +76,15 @@ def check_solver_takes(solver: str, op) -> None:
         raise ValueError(f"{op.name} is not linear: only dps takes it")
 
 
+def check_plan(model, solver: str, outer: int, inner: int, budget: int | None = None) -> None:
+    """ValueError (in the command line's words) when Nested Diffusion cannot plan these steps for `model`."""
+    try:
+        solvers.plan(model, solver, outer, inner, budget)
+    except ValueError as error:
+        raise ValueError(f"--outer {outer} with --inner {inner} cannot be planned ({error}): use more inner "
+                         f"calls or fewer outer steps") from None
+
+
 def vanilla_timesteps(nfe: int, num_train_steps: int = 1000) -> list[int]:
     """DDRM's grid (skip = T // N, from the top down) cut to exactly `nfe` points (its 30 has 31)."""
     return solvers.ddrm_timesteps(nfe, num_train_steps)[-nfe:]

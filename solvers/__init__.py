@@ -13,7 +13,7 @@ from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .dps import dps
-from .nested import NestedRun, Preview, inner_run_lengths, nested
+from .nested import NestedRun, Preview, inner_run_lengths, nested, plan
 from .pigdm import pigdm
 from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
                         linspace_timesteps, matched_inner_timesteps, outer_timesteps, plain_ddrm_timesteps,
@@ -24,5 +24,5 @@ __all__ = [
     "NestedRun", "Preview", "ddrm_timesteps",
     "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
     "inner_step_counts", "linspace_timesteps", "cut_to_budget", "plain_ddrm_timesteps", "planned_inner_counts",
-    "matched_inner_timesteps", "inner_run_lengths",
+    "matched_inner_timesteps", "inner_run_lengths", "plan",
 ]

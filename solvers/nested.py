@@ -235,6 +235,15 @@ def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, in
     return outer_grid, grids
 
 
+def plan(model, inner: str = "ddrm", outer_steps: int | None = None, inner_steps=None, budget: int | None = None,
+         schedule: str | None = None, inner_schedule: str = "uniform") -> tuple[list[int], list[list[int]]]:
+    """(outer times, inner grids) that `nested` would run with these arguments, without running anything
+    (ValueError when they cannot be planned): a caller can check a request before it writes anything."""
+    if schedule is None:
+        schedule = "matched" if "y" in INNER_OPTIONS[inner] else "paper"
+    return _plan(model, inner, outer_steps, inner_steps, None, inner_schedule, None, budget, schedule)
+
+
 def inner_run_lengths(outer_steps: int, inner_steps, budget: int | None = None,
                       inner_schedule: str = "uniform") -> list[int]:
     """The model calls of each inner run that nested will make: `inner_steps` (one int shared out by
