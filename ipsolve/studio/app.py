@@ -19,6 +19,7 @@ from ipsolve.studio.events import (EXAMPLE_CHOICES, TASKS, GenerateForm, Restore
 
 CSS = """
 .pixelated img { image-rendering: pixelated; }
+.answer img, .measurement img { width: 100% !important; height: 100% !important; object-fit: contain; }
 #restore-message, #generate-message { font-weight: 600; }
 """
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts fetched from a CDN
@@ -36,7 +37,10 @@ def build(studio: Studio) -> gr.Blocks:
                 restore_widgets(page, studio, workers)
             with gr.Tab("Generate", id="generate"):
                 generate_widgets(page, studio, workers)
-        page.unload(lambda request: studio.forget(_session(request)))
+        def closed(request: gr.Request):
+            studio.forget(_session(request))
+
+        page.unload(closed)
     return page
 
 
@@ -71,9 +75,9 @@ def restore_widgets(page, studio, workers):
                                   elem_id="restore-inner")
                 budget = gr.Number(0, label="budget NFE (0 = outer x inner)", precision=0, minimum=0)
             with gr.Row():
-                eta = gr.Number(None, label="η (empty = solver default)")
+                eta = gr.Textbox("", label="η (empty = the solver's default)", elem_id="restore-eta")
                 seed = gr.Number(0, label="seed", precision=0, minimum=0)
-                samples = gr.Number(1, label="samples", precision=0, minimum=1)
+                samples = gr.Number(1, label="samples", precision=0, minimum=1, elem_id="restore-samples")
             compare = gr.Checkbox(False, label="compare with vanilla (the plain solver's x̂₀ at the same NFE)")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="restore-start")
@@ -81,11 +85,11 @@ def restore_widgets(page, studio, workers):
     status = gr.Markdown("", elem_id="restore-message")
     with gr.Row():
         measurement = gr.Image(label="measurement", type="filepath", interactive=False, height=256,
-                               elem_classes="pixelated", elem_id="restore-measurement")
+                               elem_classes=["pixelated", "measurement"], elem_id="restore-measurement")
         answer = gr.Image(label="current answer", type="filepath", interactive=False, height=384,
-                          elem_classes="pixelated", elem_id="restore-answer")
+                          elem_classes=["pixelated", "answer"], elem_id="restore-answer")
         vanilla = gr.Image(label="vanilla at the same NFE", type="filepath", interactive=False, height=256,
-                           elem_classes="pixelated", visible=True, elem_id="restore-vanilla")
+                           elem_classes=["pixelated", "answer"], elem_id="restore-vanilla")
     strip = gr.Gallery(label="anytime previews", columns=8, height=200, elem_classes="pixelated",
                        elem_id="restore-strip", allow_preview=False)
     with gr.Row():
@@ -113,7 +117,10 @@ def restore_widgets(page, studio, workers):
     values = [image, treat_as, task, sigma_y, degrade_seed, sidecar, mask, model, solver, outer, inner, budget,
               eta, seed, samples, compare]
     start.click(run, values, outputs, concurrency_limit=workers, concurrency_id=RUN_GROUP, show_progress="hidden")
-    stop.click(lambda request: studio.stop(_session(request), "restore"), None, None, queue=False)
+    def stop_run(request: gr.Request):
+        studio.stop(_session(request), "restore")
+
+    stop.click(stop_run, None, None, queue=False)
 
 
 def _restore_outputs(view: RestoreView):
@@ -129,7 +136,7 @@ def generate_widgets(page, studio, workers):
     with gr.Row():
         model = gr.Dropdown(studio.models, value=studio.models[0], label="model")
         prompt = gr.Textbox("", label="prompt (Stable Diffusion)")
-        class_label = gr.Number(None, label="class (DiT)", precision=0, minimum=0)
+        class_label = gr.Textbox("", label="class (DiT: 0…999)")
     with gr.Row():
         n = gr.Number(4, label="candidates", precision=0, minimum=1, elem_id="generate-n")
         outer = gr.Number(4, label="outer steps", precision=0, minimum=1, elem_id="generate-outer")
@@ -201,7 +208,10 @@ def generate_widgets(page, studio, workers):
                show_progress="hidden")
     to_end.click(run_to_end, [keep, next_cond], outputs, concurrency_limit=workers, concurrency_id=RUN_GROUP,
                  show_progress="hidden")
-    stop.click(lambda request: _stopped(studio, request), None, outputs, queue=False)
+    def stop_run(request: gr.Request):
+        return _stopped(studio, request)
+
+    stop.click(stop_run, None, outputs, queue=False)
     candidates.select(toggle, keep, keep, queue=False)
 
 

@@ -370,8 +370,8 @@ def _restore_args(studio, form, measurement_file, out_dir, extra):
             "--batch", _text(form.samples), "--out", str(out_dir), "--quiet", *extra]
     if form.budget not in (None, "", 0):
         argv += ["--budget", _text(form.budget)]
-    if form.eta not in (None, ""):
-        argv += ["--eta", _text(form.eta)]
+    if form.eta is not None and str(form.eta).strip():
+        argv += ["--eta", _text(form.eta).strip()]
     if studio.device is not None:
         argv += ["--device", studio.device]
     return parse_command(argv)
@@ -477,8 +477,8 @@ class GenerateSession:
                 "--quiet"]
         if form.prompt and form.prompt.strip():
             argv += ["--prompt", form.prompt.strip()]
-        if form.class_label not in (None, ""):
-            argv += ["--class", _text(form.class_label)]
+        if form.class_label is not None and _text(form.class_label).strip():
+            argv += ["--class", _text(form.class_label).strip()]
         if studio.device is not None:
             argv += ["--device", studio.device]
         self.args = args = parse_command(argv)
