@@ -140,7 +140,7 @@ def test_restore_stop_keeps_the_latest_preview_as_answer_and_download(server, br
     upload(browser, "#restore-image", DIGIT)
     set_number(browser, "#restore-outer", 4)
     set_number(browser, "#restore-inner", 5)
-    set_number(browser, "#restore-samples", 16)  # slow enough on two cores that Stop lands mid-run
+    set_number(browser, "#restore-samples", 8)  # slow enough on two cores that Stop lands mid-run
     # Stop the moment the second preview is on screen (a script in the page, no polling delay)
     browser.execute_script("""
         const timer = setInterval(() => {

@@ -48,6 +48,7 @@ def run_studio_command(args) -> int:
     device = resolve_device(args.device)
     for name in models:  # a model that cannot load is refused now, in one line, not on the page later
         load_model(name, device=device)
+    _warm_up()
     try:
         from ipsolve.studio.app import serve
     except ImportError as error:
@@ -55,3 +56,14 @@ def run_studio_command(args) -> int:
     Path(args.runs).mkdir(parents=True, exist_ok=True)
     serve(models, args.runs, host=args.host, port=args.port, device=args.device)
     return 0
+
+
+def _warm_up() -> None:
+    """Import now what the first run would import (solvers, operators, torchvision's grid), so the first
+    preview on the page is not late by seconds."""
+    import degradations  # noqa: F401
+    import solvers  # noqa: F401
+    from torchvision.utils import make_grid  # noqa: F401 - the slow one (torch._dynamo)
+
+    import ipsolve.cli  # noqa: F401
+    import ipsolve.restore  # noqa: F401
