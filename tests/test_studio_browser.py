@@ -237,3 +237,30 @@ def test_a_text_file_named_png_is_one_message_and_the_server_keeps_running(serve
     assert sorted(runs.glob("restore-*")) == before  # nothing half-written
     assert process.poll() is None and answers(url)
     browser.save_screenshot(str(SHOTS / "studio_error.png"))
+
+
+def test_tabs_do_not_see_each_others_runs_and_closing_a_tab_stops_its_run(server, browser):
+    url, runs, process = server
+    mine = browser.current_window_handle
+    my_status = text_of(browser, "#restore-message")
+    browser.switch_to.new_window("tab")
+    try:
+        browser.get(url)
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#restore-start"), "the page in a second tab")
+        upload(browser, "#restore-image", DIGIT)
+        set_number(browser, "#restore-outer", 40)  # long: 40 x 10 NFE of 8 samples
+        set_number(browser, "#restore-inner", 10)
+        set_number(browser, "#restore-samples", 8)
+        browser.find_element(By.CSS_SELECTOR, "#restore-start").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#restore-strip img"), "the first preview")
+        run = latest_run(runs, "restore") / "run"
+    finally:
+        browser.close()  # the second tab goes away mid-run
+        browser.switch_to.window(mine)
+    closed = time.monotonic()
+    record = wait_for(lambda: (lambda r: r if r["status"] != "running" else None)(
+        json.loads((run / "run.json").read_text())), "the closed tab's run to stop", timeout=60)
+    print(f"\nstudio: the closed tab's run stopped {time.monotonic() - closed:.1f} s after the tab closed")
+    assert record["status"] == "interrupted" and record["nfe"] < 400
+    assert text_of(browser, "#restore-message") == my_status  # this tab never saw the other's run
+    assert process.poll() is None and answers(url)

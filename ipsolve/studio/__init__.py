@@ -40,6 +40,7 @@ def run_studio_command(args) -> int:
     """Check the models, then serve the page until Ctrl-C."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "2")  # a closed tab is noticed (and its run stopped) in ~2 s
     from ipsolve.cli_support import check_writable_folder, resolve_device
     from ipsolve.models import load_model
 

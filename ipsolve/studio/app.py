@@ -90,7 +90,7 @@ def restore_widgets(page, studio, workers):
                           elem_classes=["pixelated", "answer"], elem_id="restore-answer")
         vanilla = gr.Image(label="vanilla at the same NFE", type="filepath", interactive=False, height=256,
                            elem_classes=["pixelated", "answer"], elem_id="restore-vanilla")
-    strip = gr.Gallery(label="anytime previews", columns=8, height=200, elem_classes="pixelated",
+    strip = gr.Gallery(label="anytime previews", columns=8, height="auto", elem_classes="pixelated",
                        elem_id="restore-strip", allow_preview=False)
     with gr.Row():
         final = gr.File(label="final PNG", interactive=False, elem_id="restore-final")
@@ -148,7 +148,7 @@ def generate_widgets(page, studio, workers):
         to_end = gr.Button("Run to the end", elem_id="generate-to-end")
         stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
     status = gr.Markdown("", elem_id="generate-message")
-    candidates = gr.Gallery(label="candidates (click to keep)", columns=8, height=260, elem_classes="pixelated",
+    candidates = gr.Gallery(label="candidates (click to keep)", columns=8, height="auto", elem_classes="pixelated",
                             elem_id="generate-candidates", allow_preview=False)
     with gr.Row():
         keep = gr.CheckboxGroup([], label="keep these candidates for the next steps (none: keep all)",
