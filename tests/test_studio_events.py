@@ -200,3 +200,14 @@ def test_a_bad_keep_is_one_line_and_the_run_goes_on(studio):
     with pytest.raises(ValueError, match="candidate 5 does not exist"):
         session.step(keep=[5])
     assert session.step(keep=[0]).step == 2
+
+
+def test_messages_name_uploaded_files_as_the_user_named_them_not_by_server_paths(studio, tmp_path):
+    upload = tmp_path / "gradio-cache-0123456789" / "notes.png"
+    upload.parent.mkdir()
+    upload.write_text("text, not pixels\n")
+    for treat_as in ("clean", "measurement"):
+        with pytest.raises(ValueError) as error:
+            prepare_restore(studio, RestoreForm(image=str(upload), treat_as=treat_as))
+        assert str(error.value).startswith("notes.png is not a readable image")
+        assert "gradio-cache" not in str(error.value) and str(studio.runs_dir) not in str(error.value)

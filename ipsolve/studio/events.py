@@ -305,9 +305,23 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
             twin_args = _restore_args(studio, form, measurement_file, job_dir / "vanilla", extra + ["--vanilla"])
             twin = (twin_args, _restore_inputs(twin_args))
         return RestoreJob(job_dir, args, inputs, clean, twin)
+    except (ValueError, OSError) as error:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        uploads = {form.image: form.image, form.sidecar: form.sidecar, form.mask: form.mask,
+                   job_dir / "input" / "measurement.png": form.image, job_dir / "input" / "given.mask.png": form.mask,
+                   job_dir / "input" / "measurement.mask.png": form.mask}
+        raise ValueError(_named_as_uploaded(message(error), uploads)) from None
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
+
+
+def _named_as_uploaded(text: str, uploads: dict) -> str:
+    """The message with the server's paths of uploaded files replaced by the names the user gave them."""
+    for path, upload in sorted(uploads.items(), key=lambda item: -len(str(item[0]))):
+        if path and upload:
+            text = text.replace(str(path), Path(upload).name)
+    return text
 
 
 def _degrade_here(form, input_dir: Path):
