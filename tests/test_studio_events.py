@@ -211,3 +211,27 @@ def test_messages_name_uploaded_files_as_the_user_named_them_not_by_server_paths
             prepare_restore(studio, RestoreForm(image=str(upload), treat_as=treat_as))
         assert str(error.value).startswith("notes.png is not a readable image")
         assert "gradio-cache" not in str(error.value) and str(studio.runs_dir) not in str(error.value)
+
+
+@pytest.mark.parametrize("family", ["sd", "dit"])
+def test_a_prompt_or_class_changed_on_the_page_is_recorded_and_replays(family, request, tmp_path):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    folder = request.getfixturevalue(f"{family}_folder")  # tiny random-weight pipelines (conftest)
+    first, later, flag, option = {
+        "sd": ({"prompt": "a cat"}, "a dog", "--prompt-at", ["--prompt", "a cat"]),
+        "dit": ({"class_label": "3"}, "7", "--class-at", ["--class", "3"])}[family]
+    studio = Studio([folder], tmp_path / "runs")
+    session = start_generate(studio, "tab", GenerateForm(model=folder, n=2, outer=3, inner=2, seed=4, **first))
+    session.step()
+    session.step(keep=[1], cond_text=later)
+    session.step()
+    change = later if family == "sd" else int(later)
+    record = read_json(session.run_dir / "run.json")
+    assert record["feedback"] == [{"step": 1, "keep": [1]}, {"step": 1, "cond": change}]
+    assert f"{flag} 1" in (session.run_dir / "replay.txt").read_text()
+    assert main(["generate", "--model", folder, *option, "--n", "2", "--outer", "3", "--inner", "2", "--seed", "4",
+                 "--picks", str(session.run_dir / "picks.json"), flag, "1", later, "--out", str(tmp_path / "cli"),
+                 "--quiet"]) == 0
+    for path in sorted(session.run_dir.glob("preview_*.png")):
+        assert path.read_bytes() == (tmp_path / "cli" / path.name).read_bytes(), path.name
