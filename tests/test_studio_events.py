@@ -2,7 +2,6 @@
 writes what `ipsolve restore` / `ipsolve generate` write (file for file), Stop keeps the latest preview,
 bad input is one line and leaves nothing behind, and browser sessions do not see each other's runs."""
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -235,3 +234,11 @@ def test_a_prompt_or_class_changed_on_the_page_is_recorded_and_replays(family, r
                  "--quiet"]) == 0
     for path in sorted(session.run_dir.glob("preview_*.png")):
         assert path.read_bytes() == (tmp_path / "cli" / path.name).read_bytes(), path.name
+
+
+def test_the_studio_command_refuses_a_model_it_cannot_load_in_one_line_before_serving(tmp_path, capsys):
+    assert main(["studio", "--model", "embedded", "--model", str(tmp_path / "missing.ckpt"), "--runs",
+                 str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ipsolve: error:") and "missing.ckpt" in error and "\n" not in error
+    assert not (tmp_path / "runs").exists()

@@ -326,8 +326,7 @@ def _named_as_uploaded(text: str, uploads: dict) -> str:
 
 def _degrade_here(form, input_dir: Path):
     """The uploaded clean image degraded as `ipsolve degrade` does; (clean image, measurement file)."""
-    import degradations  # noqa: F401 - registers the operators
-    from ipsolve.cli_support import unit_float
+    from ipsolve.cli_support import seed_int, unit_float
     from ipsolve.degrade import degrade
     from ipsolve.imageio import load_image
     from ipsolve.measurement import write_measurement
@@ -335,7 +334,7 @@ def _degrade_here(form, input_dir: Path):
     if not form.task:
         raise ValueError("choose a task")
     sigma_y = _checked(unit_float, form.sigma_y, "σ_y")
-    seed = _whole(form.degrade_seed, "the degradation seed", 0)
+    seed = _checked(seed_int, form.degrade_seed, "the degradation seed")
     image = load_image(form.image)
     y, op = degrade(image, form.task, 2 * sigma_y, seed=seed)
     input_dir.mkdir(parents=True)
@@ -418,18 +417,6 @@ def _checked(parse, value, what):
         return parse(_text(value))
     except argparse.ArgumentTypeError as error:
         raise ValueError(f"{what} {error}") from None
-
-
-def _whole(value, what, lowest):
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number, got {value!r}") from None
-    if number != value and not (isinstance(value, float) and value.is_integer()) and not isinstance(value, str):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if number < lowest:
-        raise ValueError(f"{what} must be at least {lowest}, got {number}")
-    return number
 
 
 def zip_folder(folder: Path, archive: Path) -> Path:
@@ -566,15 +553,11 @@ class GenerateSession:
                 self._choice = Choice()
             if self.folder is None:
                 self._start_folder()
-            from types import SimpleNamespace
-
-            from ipsolve.generation import to_images
+            from ipsolve.generation import write_preview
 
             with torch.no_grad():
                 preview = next(self.run)
-            images = to_images(self.model, preview.x0)
-            self.folder.add_preview(SimpleNamespace(x0=2 * images - 1, step=preview.step, nfe=preview.nfe),
-                                    time.perf_counter() - self._start)
+            images = write_preview(self.folder, self.model, preview, time.perf_counter() - self._start)
             self.latest = preview
             self._write_candidates(images, preview.step)
             self._write_replay()
