@@ -154,6 +154,7 @@ class RestoreJob:
         self.result = None
         self.twin_result = None
         self.error: BaseException | None = None
+        self._labels = {}
 
     @property
     def run_dir(self) -> Path:
@@ -265,6 +266,11 @@ class RestoreJob:
         return view
 
     def _label(self, preview, path):
+        if path not in self._labels:  # each preview file is scored once
+            self._labels[path] = self._new_label(preview, path)
+        return self._labels[path]
+
+    def _new_label(self, preview, path):
         text = f"NFE {preview.nfe}"
         if self.clean is not None:
             from ipsolve.imageio import load_image
@@ -561,8 +567,8 @@ class GenerateSession:
             self.latest = preview
             self._write_candidates(images, preview.step)
             self._write_replay()
-            if self.done:
-                self.finish(interrupted=False)
+            if self.done or self._stop.is_set():  # Stop pressed during this step: it is the last one
+                self.finish(interrupted=not self.done)
             return self.view()
 
     def _start_folder(self):
