@@ -39,7 +39,8 @@ def assert_same_run_folder(studio_dir, cli_dir):
         if name.endswith((".png", ".gif")):
             assert (Path(studio_dir) / name).read_bytes() == (Path(cli_dir) / name).read_bytes(), name
     ours, theirs = read_json(Path(studio_dir) / "run.json"), read_json(Path(cli_dir) / "run.json")
-    assert {k: v for k, v in ours.items() if k not in TIMELESS} == {k: v for k, v in theirs.items() if k not in TIMELESS}
+    assert {k: v for k, v in ours.items() if k not in TIMELESS} == \
+           {k: v for k, v in theirs.items() if k not in TIMELESS}
     assert [{k: v for k, v in p.items() if k != "elapsed_s"} for p in ours["previews"]] == \
            [{k: v for k, v in p.items() if k != "elapsed_s"} for p in theirs["previews"]]
     skip = ("out", "measurement", "quiet", "mask")
@@ -67,7 +68,7 @@ def test_a_restore_degraded_on_the_page_equals_ipsolve_degrade_then_restore_file
     with zipfile.ZipFile(views[-1].archive) as bundle:  # the download is the run folder
         names = sorted(Path(name).name for name in bundle.namelist())
         assert names == sorted(p.name for p in job.run_dir.iterdir() if not p.name.startswith("."))
-        assert bundle.read(f"run/final.png") == (job.run_dir / "final.png").read_bytes()
+        assert bundle.read("run/final.png") == (job.run_dir / "final.png").read_bytes()
 
 
 def test_an_uploaded_measurement_with_sidecar_and_mask_restores_like_the_cli_with_other_settings(studio, tmp_path):
