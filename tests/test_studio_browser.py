@@ -135,31 +135,45 @@ def latest_run(runs: Path, kind: str) -> Path:
     return max(runs.glob(f"{kind}-*"), key=lambda path: path.stat().st_mtime)
 
 
+def status_has(driver, selector, *words):
+    text = text_of(driver, selector)
+    return text if any(word in text for word in words) else ""
+
+
 def test_restore_stop_keeps_the_latest_preview_as_answer_and_download(server, browser, tmp_path):
     url, runs, _ = server
     upload(browser, "#restore-image", DIGIT)
     set_number(browser, "#restore-outer", 4)
     set_number(browser, "#restore-inner", 5)
-    set_number(browser, "#restore-samples", 8)  # slow enough on two cores that Stop lands mid-run
-    # Stop the moment the second preview is on screen (a script in the page, no polling delay)
-    browser.execute_script("""
-        const timer = setInterval(() => {
-            if (document.querySelectorAll('#restore-strip img').length >= 2) {
-                document.querySelector('#restore-stop').click(); window.stoppedAt = performance.now();
-                clearInterval(timer);
-            }
-        }, 5);""")
+    # a whole 4x5 run of one sample: Start → first preview on screen, then every preview, then done
     started = time.monotonic()
     browser.find_element(By.CSS_SELECTOR, "#restore-start").click()
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#restore-strip img"), "the first preview")
+    wait_for(lambda: status_has(browser, "#restore-message", "preview 1 at NFE 5", "done:"), "the first preview")
     first_preview_s = time.monotonic() - started
-    wait_for(lambda: browser.execute_script("return window.stoppedAt"), "Stop to be pressed")
-    stop_clicked = time.monotonic()
-    status = wait_for(lambda: (lambda text: text if "stopped" in text or "done" in text else "")(
-        text_of(browser, "#restore-message")), "the run to end")
-    stop_to_idle_s = time.monotonic() - stop_clicked
-    print(f"\nstudio timings: Start → first preview on screen {first_preview_s:.2f} s, "
-          f"Stop → idle {stop_to_idle_s:.2f} s")
+    done = wait_for(lambda: status_has(browser, "#restore-message", "done:", "error"), "the run to end")
+    assert done.startswith("done: 4 previews, 20 NFE"), done
+    assert "NFE 20 · PSNR" in text_of(browser, "#restore-answer")
+
+    # the same with 16 samples (slow enough on two cores that Stop lands mid-run), stopped by a script in
+    # the page the moment the second preview is on screen; it also times Stop → idle in the page
+    set_number(browser, "#restore-samples", 16)
+    browser.execute_script("""
+        window.stoppedAt = null; window.idleAt = null;
+        const status = () => document.querySelector('#restore-message').textContent;
+        const timer = setInterval(() => {
+            if (window.stoppedAt === null && status().includes('preview 2 at NFE')) {
+                document.querySelector('#restore-stop').click(); window.stoppedAt = performance.now();
+            }
+            if (window.stoppedAt !== null && /stopped|done/.test(status())) {
+                window.idleAt = performance.now(); clearInterval(timer);
+            }
+        }, 2);""")
+    browser.find_element(By.CSS_SELECTOR, "#restore-start").click()
+    wait_for(lambda: browser.execute_script("return window.idleAt"), "the stopped run to end")
+    stop_to_idle_s = browser.execute_script("return (window.idleAt - window.stoppedAt) / 1000")
+    status = text_of(browser, "#restore-message")
+    print(f"\nstudio timings: Start → first preview on screen {first_preview_s:.2f} s (4x5, one sample), "
+          f"Stop → idle {stop_to_idle_s:.2f} s (16 samples)")
     assert status.startswith("stopped after NFE"), status
     run = latest_run(runs, "restore") / "run"
     record = json.loads((run / "run.json").read_text())
