@@ -63,9 +63,10 @@ def restore_widgets(page, studio, workers):
                 task = gr.Dropdown(list(TASKS), value="sr4", label="task", allow_custom_value=True)
                 sigma_y = gr.Number(0.05, label="σ_y (pixel units, [0, 1])", minimum=0, maximum=1)
                 degrade_seed = gr.Number(0, label="degradation seed (noise, random mask)", precision=0)
-            with gr.Accordion("measurement files", open=False):
-                sidecar = gr.File(label="sidecar (MEASUREMENT.png.json)", type="filepath")
-                mask = gr.File(label="mask (white = observed)", type="filepath")
+            with gr.Accordion("sidecar and mask files", open=False):
+                sidecar = gr.File(label="sidecar of a measurement (MEASUREMENT.png.json)", type="filepath")
+                mask = gr.File(label="inpainting mask, white = observed (a clean image's or a measurement's)",
+                               type="filepath")
         with gr.Column(scale=1):
             model = gr.Dropdown(studio.models, value=studio.models[0], label="model")
             solver = gr.Dropdown(list(SOLVERS), value="ddrm", label="solver")

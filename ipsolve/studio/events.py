@@ -342,7 +342,14 @@ def _degrade_here(form, input_dir: Path):
     sigma_y = _checked(unit_float, form.sigma_y, "σ_y")
     seed = _checked(seed_int, form.degrade_seed, "the degradation seed")
     image = load_image(form.image)
-    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed)
+    mask = None
+    if form.mask:  # as `ipsolve degrade --mask`: white = observed
+        if not form.task.startswith("inp"):
+            raise ValueError(f"a mask is for inpainting (inp, inp_box, inp_mask), not {form.task}")
+        import degradations
+
+        mask = degradations.load_mask(form.mask)
+    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed, mask=mask)
     input_dir.mkdir(parents=True)
     measurement_file = input_dir / "measurement.png"
     write_measurement(measurement_file, y, op, 2 * sigma_y)
