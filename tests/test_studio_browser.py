@@ -153,6 +153,8 @@ def test_restore_stop_keeps_the_latest_preview_as_answer_and_download(server, br
     done = wait_for(lambda: status_has(browser, "#restore-message", "done:", "error"), "the run to end")
     assert done.startswith("done: 4 previews, 20 NFE"), done
     assert "NFE 20 · PSNR" in text_of(browser, "#restore-answer")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "studio_restore.png"))
 
     # the same with 16 samples (slow enough on two cores that Stop lands mid-run), stopped by a script in
     # the page the moment the second preview is on screen; it also times Stop → idle in the page
@@ -190,8 +192,10 @@ def test_restore_stop_keeps_the_latest_preview_as_answer_and_download(server, br
         assert json.loads(bundle.read("run/run.json"))["status"] == "interrupted"
         assert bundle.read("run/final.png") == (run / "final.png").read_bytes()
     assert answers(url)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SHOTS / "studio_restore.png"))
+    outside = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"
+                                     ".filter(n => !n.startsWith(location.origin) && !n.startsWith('data:'))")
+    assert outside == []  # no fonts, scripts or analytics from anywhere else
+    browser.save_screenshot(str(SHOTS / "studio_stopped.png"))
 
 
 def test_generate_keeps_a_candidate_and_the_next_ones_come_from_it(server, browser, tmp_path):

@@ -90,7 +90,7 @@ def restore_widgets(page, studio, workers):
         answer = gr.Image(label="current answer", type="filepath", interactive=False, height=384,
                           elem_classes=["pixelated", "answer"], elem_id="restore-answer")
         vanilla = gr.Image(label="vanilla at the same NFE", type="filepath", interactive=False, height=256,
-                           elem_classes=["pixelated", "answer"], elem_id="restore-vanilla")
+                           elem_classes=["pixelated", "answer"], elem_id="restore-vanilla", visible=False)
     strip = gr.Gallery(label="anytime previews", columns=8, height="auto", elem_classes="pixelated",
                        elem_id="restore-strip", allow_preview=False)
     with gr.Row():
@@ -127,7 +127,8 @@ def restore_widgets(page, studio, workers):
 def _restore_outputs(view: RestoreView):
     return (view.measurement, gr.Image(value=view.answer, label=f"current answer · {view.answer_label}"
                                        if view.answer_label else "current answer"),
-            gr.Image(value=view.vanilla, label=view.vanilla_label or "vanilla at the same NFE"),
+            gr.Image(value=view.vanilla, label=view.vanilla_label or "vanilla at the same NFE",
+                     visible=view.vanilla is not None),
             view.strip, view.status, view.final, view.archive)
 
 
