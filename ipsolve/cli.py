@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from ipsolve import __version__
 from ipsolve.config import SOLVERS
-from ipsolve.cli_support import (EXIT_BAD_INPUT, check_writable_folder, deferred_interrupt, device_name,
+from ipsolve.cli_support import (EXIT_BAD_INPUT, check_writable_folder, device_name,
                                  exit_code_for, existing_file, folder_name, handle_sigterm_as_interrupt, image_size,
                                  one_line, positive_float, positive_int, resolve_device, seed_int,
                                  unit_float)
@@ -26,6 +25,8 @@ LAZY_COMMANDS = {  # imported only when run, so their dependencies never break r
                  "sample images with (nested) diffusion"),
     "eval": ("ipsolve.evaluation", "add_eval_arguments", "run_eval_command",
              "evaluate solvers over a dataset: PSNR / LPIPS / FID at every NFE budget"),
+    "studio": ("ipsolve.studio", "add_studio_arguments", "run_studio_command",
+               "a local web page to watch, stop and steer restoration and generation (ipsolve[studio])"),
 }
 
 
@@ -156,47 +157,26 @@ def run_restore(args) -> int:
         return run_restore_folder(args)
     source, measurement, mask_file, model, device, marks = _restore_inputs(args)
 
-    import torch
-
-    from ipsolve.figures import measurement_picture
     from ipsolve.imageio import load_image
     from ipsolve.progress import RunProgress
-    from ipsolve.restore import restore
-    from ipsolve.run_folder import RunFolder, record_failure
+    from ipsolve.restore_run import run_restore_job
 
-    folder = RunFolder(args.out, measurement=measurement_picture(measurement.y, measurement.op),
-                       clean=load_image(EXAMPLE_CLEAN) if source.parent == EXAMPLES else None)
-    folder.start(_run_record(args, source, model, measurement, mask_file, device))
     progress = RunProgress(marks[-1], "restore", enabled=not args.quiet)
-    start = time.perf_counter()
-
-    def on_preview(preview):
-        with deferred_interrupt():
-            folder.add_preview(preview, time.perf_counter() - start)
-            progress.preview(preview.step)
-
-    interrupt = None
     try:
-        restore(measurement, model, args.outer, args.inner, budget=args.budget, solver=args.solver,
-                eta=args.eta, eta_b=args.eta_b, step_size=args.step_size, batch=args.batch, vanilla=args.vanilla,
-                generator=torch.Generator(device).manual_seed(args.seed),
-                on_preview=on_preview, on_nfe=progress.nfe)
-    except KeyboardInterrupt as stop:
-        interrupt = stop
-    except Exception as error:
-        record_failure(folder, error)
-        raise
+        result = run_restore_job(measurement, model, args, args.out,
+                                 _run_record(args, source, model, measurement, mask_file, device), device=device,
+                                 clean=load_image(EXAMPLE_CLEAN) if source.parent == EXAMPLES else None,
+                                 on_preview=lambda preview, path: progress.preview(preview.step),
+                                 on_nfe=progress.nfe)
     finally:
         progress.close()
-    nfe, elapsed_s = progress.done, time.perf_counter() - start
-    with deferred_interrupt(reraise=False):
-        folder.finish({"nfe": nfe, "interrupted": interrupt is not None, "elapsed_s": round(elapsed_s, 3)})
-    if interrupt is not None:
+    folder, nfe = result.folder, result.nfe
+    if result.interrupt is not None:
         kept = (f"kept preview {folder.previews[-1]['step']} as final.png" if folder.previews
                 else "no preview yet, nothing kept")
         print(f"ipsolve: interrupted after NFE {nfe}: {kept}", file=sys.stderr)
-        return exit_code_for(interrupt)
-    print(f"{folder.path / 'final.png'}: {len(folder.previews)} previews, {nfe} NFE, {elapsed_s:.1f} s")
+        return exit_code_for(result.interrupt)
+    print(f"{folder.path / 'final.png'}: {len(folder.previews)} previews, {nfe} NFE, {result.elapsed_s:.1f} s")
     return 0
 
 

@@ -105,6 +105,14 @@ def to_images(model, x0):
     return images.detach().to("cpu", torch.float32).clamp(0, 1)
 
 
+def write_preview(folder, model, preview, elapsed_s):
+    """Write one preview into the run folder `folder` as the images shown (decoded latents); return them."""
+    images = to_images(model, preview.x0)
+    # RunFolder writes model-space images: hand it the shown images mapped back.
+    folder.add_preview(SimpleNamespace(x0=2 * images - 1, step=preview.step, nfe=preview.nfe), elapsed_s)
+    return images
+
+
 # ---------------------------------------------------------------- the command
 
 GENERATE_EPILOG = """\
@@ -206,11 +214,8 @@ def run_generate_command(args) -> int:
         interrupt = None
         try:
             for preview in run:
-                images = to_images(model, preview.x0)
                 with deferred_interrupt():
-                    # RunFolder writes model-space images: hand it the shown images mapped back.
-                    folder.add_preview(SimpleNamespace(x0=2 * images - 1, step=preview.step, nfe=preview.nfe),
-                                       time.perf_counter() - start)
+                    write_preview(folder, model, preview, time.perf_counter() - start)
                 progress.preview(preview.step)
                 if preview.step < len(run.outer_timesteps):
                     feedback(preview, run)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import degradations
-from ipsolve.imageio import load_image, save_image
+from ipsolve.imageio import load_image
 from ipsolve.measurement import write_measurement
 from test_cli import ENV, ipsolve_run
 
