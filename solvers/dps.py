@@ -42,8 +42,8 @@ def dps(model, y, forward, timesteps, step_size: float = 1.0, x_T=None, noise=No
 
 
 def measurement_gradient(model, x, t: int, y, apply, cond=None, nfe: int = 1):
-    """One model call at t with autograd on → (v, ᾱ_t, x̂₀, ‖y − A(x̂₀)‖ per sample, its gradient in x_t),
-    all detached: the guidance of one DPS step (v: learned-variance channels or None)."""
+    """One model call at t with autograd on → (v, ᾱ_t, x̂₀, ‖y − A(x̂₀)‖ per sample, its gradient in
+    x_t), all detached: the guidance of one DPS step (v: learned-variance channels or None)."""
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         _, v, a, x0 = denoise(model, x_in, t, cond, nfe, None)
