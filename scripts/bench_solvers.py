@@ -14,10 +14,12 @@ Nested: one run of 3 outer × 10 inner steps, its previews at 10, 20, 30 NFE. So
 solvers' defaults (DDRM η = 0.85, η_b = 1; DDNM η = 0.85; ΠGDM η = 1; DPS ζ = 1). PSNR on [0, 1] images.
 
 Cost per NFE: CPU time (one thread) per call of the plain 30-call run, over the CPU time of one forward
-pass of the model on the same batch (median of 5), mean over tasks and seeds.
+pass of the model on the same batch (median of 5, timed just before the solver's runs), mean over tasks
+and seeds. Nested final − plain final: mean over images and seeds of the per-image PSNR difference, with
+its standard error.
 
-A run whose x̂₀ is not finite or exceeds DIVERGED in magnitude is stopped and reported as diverged (and
-its later previews with it).
+A run whose x̂₀ is not finite or exceeds DIVERGED in magnitude for any image of the batch (the images run
+together, as one batch) is stopped and reported as diverged, its later previews with it.
 
 Targets: every nested final (30 NFE) within 0.2 dB of the same solver run plainly with 30 NFE; ΠGDM and
 DPS at most 3.5 forward passes per NFE.
@@ -40,11 +42,11 @@ import torch
 
 import degradations
 import solvers
-from bench_anytime import SIGMA_Y, mean_psnr, photo_patches
+from bench_anytime import SIGMA_Y, photo_patches
 from eval_embedded import TASKS as DIGIT_TASKS
 from ipsolve.datasets import mnist32
 from ipsolve.imageio import from_model, to_model
-from ipsolve.metrics import lpips_distance
+from ipsolve.metrics import lpips_distance, psnr
 from ipsolve.models import GaussianMixturePrior, load_model
 from ipsolve.models.schedules import alphas_cumprod_from_betas
 from ipsolve.restore import vanilla_timesteps
@@ -121,12 +123,18 @@ def nested_previews(model, solver, y, op, sigma_y, seed):
     return {nfe: previews.get(nfe) for nfe in BUDGETS}
 
 
+def image_psnr(x, clean):
+    """Per-image PSNR (B,) of model-space images, on [0, 1] after clamping; NaN everywhere for x = None."""
+    return torch.full((len(clean),), math.nan) if x is None else psnr(from_model(x), from_model(clean)).float()
+
+
 def scores(answers, clean, with_lpips):
-    """{nfe: (PSNR, LPIPS or None)}, means over the images; NaN for a diverged answer."""
+    """{nfe: (per-image PSNR, per-image LPIPS or None)}; NaN for a diverged answer."""
     def lpips(x):
-        return lpips_distance(from_model(x), from_model(clean)).mean().item() if with_lpips else None
-    return {nfe: (math.nan, math.nan if with_lpips else None) if x is None else (mean_psnr(x, clean), lpips(x))
-            for nfe, x in answers.items()}
+        if not with_lpips:
+            return None
+        return image_psnr(x, clean) if x is None else lpips_distance(from_model(x), from_model(clean)).float()
+    return {nfe: (image_psnr(x, clean), lpips(x)) for nfe, x in answers.items()}
 
 
 def measure(clean, op, sigma_y, seed):
@@ -136,7 +144,7 @@ def measure(clean, op, sigma_y, seed):
     return clean_y + sigma_y * noise
 
 
-def bench_task(model, clean, task, sigma_y, seed, with_lpips, forward):
+def bench_task(model, clean, task, sigma_y, seed, with_lpips):
     """({(solver, "plain"|"nested"): {nfe: (PSNR, LPIPS)}}, {solver: cost per NFE in forward passes}, y, op)."""
     channels, height, width = clean.shape[1:]
     op = degradations.make(task, channels=channels, image_size=(height, width), seed=seed)
@@ -144,6 +152,7 @@ def bench_task(model, clean, task, sigma_y, seed, with_lpips, forward):
     rows, costs = {}, {}
     with torch.no_grad():
         for solver in SOLVERS:
+            forward = forward_seconds(model, clean)
             plain, per_call = plain_runs(model, solver, y, op, sigma_y, seed + 1)
             rows[solver, "plain"] = scores(plain, clean, with_lpips)
             rows[solver, "nested"] = scores(nested_previews(model, solver, y, op, sigma_y, seed + 1), clean, with_lpips)
@@ -155,32 +164,32 @@ def exact_bounds(prior, clean, y, op, sigma_y, seed):
     """Rows of the exact posterior mean and of one exact posterior sample per image (PSNR only)."""
     posterior = prior.posterior(y, op, sigma_y)
     sample = posterior.sample(1, generator=torch.Generator().manual_seed(seed))[0]
-    return {("exact posterior mean", "bound"): {nfe: (mean_psnr(posterior.mean, clean), None) for nfe in BUDGETS},
-            ("exact posterior sample", "bound"): {nfe: (mean_psnr(sample, clean), None) for nfe in BUDGETS}}
+    mean = posterior.mean.reshape(clean.shape)
+    return {("exact posterior mean", "bound"): {nfe: (image_psnr(mean, clean), None) for nfe in BUDGETS},
+            ("exact posterior sample", "bound"): {nfe: (image_psnr(sample, clean), None) for nfe in BUDGETS}}
 
 
-def average(tables):
-    """Entry-wise mean of {key: {nfe: (psnr, lpips)}} tables (one per seed)."""
-    def mean(values):
-        return None if values[0] is None else sum(values) / len(values)
-    return {key: {nfe: tuple(mean([t[key][nfe][i] for t in tables]) for i in range(2)) for nfe in BUDGETS}
+def pooled(tables):
+    """{key: {nfe: (psnr, lpips)}} tables of per-image scores (one per seed) joined image-wise."""
+    def join(values):
+        return None if values[0] is None else torch.cat(values)
+    return {key: {nfe: tuple(join([t[key][nfe][i] for t in tables]) for i in range(2)) for nfe in BUDGETS}
             for key in tables[0]}
 
 
 def bench_setting(model, clean, tasks, seeds, with_lpips, prior=None):
-    """{task: averaged rows} and {solver: mean cost per NFE} for one model and its held-out images."""
-    forward = forward_seconds(model, clean)
+    """{task: pooled rows} and {solver: mean cost per NFE} for one model and its held-out images."""
     results, costs = {}, {solver: [] for solver in SOLVERS}
     for task, sigma_y in tasks.items():
         start, per_seed = time.time(), []
         for seed in seeds:
-            rows, cost, y, op = bench_task(model, clean, task, sigma_y, seed, with_lpips, forward)
+            rows, cost, y, op = bench_task(model, clean, task, sigma_y, seed, with_lpips)
             if prior is not None:
                 rows.update(exact_bounds(prior, clean, y, op, sigma_y, seed))
             per_seed.append(rows)
             for solver in SOLVERS:
                 costs[solver].append(cost[solver])
-        results[task] = average(per_seed)
+        results[task] = pooled(per_seed)
         print(f"  {task}: {time.time() - start:.0f} s", file=sys.stderr)
     return results, {solver: sum(values) / len(values) for solver, values in costs.items()}
 
@@ -205,9 +214,10 @@ def digit_setting(args, seeds):
 
 
 def cell(psnr, lpips):
-    if math.isnan(psnr):
+    """Mean PSNR (/ mean LPIPS) over the images, or "diverged"."""
+    if psnr.isnan().any():
         return "diverged"
-    return f"{psnr:.2f}" if lpips is None else f"{psnr:.2f} / {lpips:.3f}"
+    return f"{psnr.mean():.2f}" if lpips is None else f"{psnr.mean():.2f} / {lpips.mean():.3f}"
 
 
 def results_table(tasks, results):
@@ -220,18 +230,23 @@ def results_table(tasks, results):
     return lines
 
 
-def gap_cell(gap):
-    if math.isnan(gap):
+def gap_cell(nested, plain):
+    """Mean of the per-image differences ± their standard error, ✓ when the mean is within the tolerance."""
+    differences = nested - plain
+    if differences.isnan().any():
         return "diverged ✗"
-    return f"{gap:+.2f} {'✓' if gap >= -NESTED_TOLERANCE_DB else '✗'}"
+    gap, error = differences.mean().item(), (differences.std() / math.sqrt(len(differences))).item()
+    return f"{gap:+.2f} ± {error:.2f} {'✓' if gap >= -NESTED_TOLERANCE_DB else '✗'}"
 
 
 def nested_gap_table(results):
-    """Nested final − plain final (30 NFE), dB, per task and solver, against the 0.2 dB target."""
+    """Nested final − plain final (30 NFE), dB, per task and solver, against the 0.2 dB target (± the
+    standard error of the mean of the per-image differences)."""
     lines = ["| task | " + " | ".join(SOLVERS) + " |", "|---|" + "---:|" * len(SOLVERS)]
     for task, rows in results.items():
-        gaps = [rows[s, "nested"][BUDGETS[-1]][0] - rows[s, "plain"][BUDGETS[-1]][0] for s in SOLVERS]
-        lines.append(f"| {task} | " + " | ".join(gap_cell(gap) for gap in gaps) + " |")
+        final = BUDGETS[-1]
+        lines.append(f"| {task} | " + " | ".join(
+            gap_cell(rows[s, "nested"][final][0], rows[s, "plain"][final][0]) for s in SOLVERS) + " |")
     return lines
 
 
@@ -253,7 +268,7 @@ def report(settings, command, sizes):
     for title, tasks, results, costs in settings:
         lines += [f"## {title}", "", *results_table(tasks, results), "",
                   f"Nested final − plain final at {BUDGETS[-1]} NFE "
-                  f"(dB; ✓ within {NESTED_TOLERANCE_DB} dB or better):",
+                  f"(dB, mean ± standard error over images and seeds; ✓ within {NESTED_TOLERANCE_DB} dB or better):",
                   "", *nested_gap_table(results), "", "Cost per NFE:", "", *cost_table(costs), ""]
     return "\n".join(lines)
 
