@@ -35,13 +35,18 @@ def dps(model, y, forward, timesteps, step_size: float = 1.0, x_T=None, noise=No
         x_T = draw((y.shape[0], *forward.input_shape), y)
     x = x_T
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            _, v, a, x0 = denoise(model, x_in, t, cond, nfe, None)
-            distance = (y - apply(x0)).reshape(y.shape[0], -1).norm(dim=1)
-            (grad,) = torch.autograd.grad(distance.sum(), x_in)
-        x0 = x0.detach()
-        v = None if v is None else v.detach()
-        report(callback, nfe, t, x, x0, distance=distance.detach())
+        v, a, x0, distance, grad = measurement_gradient(model, x, t, y, apply, cond, nfe)
+        report(callback, nfe, t, x, x0, distance=distance)
         x = ancestral_step(x, x0, a, alpha_bar(model, t_next, x), variance, v, draw) - step_size * grad
     return x
+
+
+def measurement_gradient(model, x, t: int, y, apply, cond=None, nfe: int = 1):
+    """One model call at t with autograd on → (v, ᾱ_t, x̂₀, ‖y − A(x̂₀)‖ per sample, its gradient in
+    x_t), all detached: the guidance of one DPS step (v: learned-variance channels or None)."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        _, v, a, x0 = denoise(model, x_in, t, cond, nfe, None)
+        distance = (y - apply(x0)).reshape(y.shape[0], -1).norm(dim=1)
+        (grad,) = torch.autograd.grad(distance.sum(), x_in)
+    return None if v is None else v.detach(), a, x0.detach(), distance.detach(), grad
