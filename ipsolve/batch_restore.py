@@ -74,10 +74,11 @@ class BatchSettings:
     vanilla: bool
     seed: int
     model_name: str
+    schedule: str | None = None
 
     def as_dict(self) -> dict:
         return {"outer": self.outer, "inner": self.inner, "budget": self.budget, "solver": self.solver,
-                "options": self.options, "vanilla": self.vanilla, "seed": self.seed}
+                "options": self.options, "vanilla": self.vanilla, "seed": self.seed, "schedule": self.schedule}
 
 
 def job_key(job: Job, settings: BatchSettings, model_key: str) -> str:
@@ -172,7 +173,7 @@ def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, 
 
     try:
         restore_batch(y, first.op, first.sigma_y, model, settings.outer, settings.inner, budget=settings.budget,
-                      solver=settings.solver, vanilla=settings.vanilla, noise=distributed.per_image_noise(generators),
+                      solver=settings.solver, vanilla=settings.vanilla, schedule=settings.schedule, noise=distributed.per_image_noise(generators),
                       on_preview=on_preview, **settings.options)
     except (ValueError, OSError, RuntimeError) as error:
         for job, run_folder in zip(batch, folders):

@@ -135,6 +135,10 @@ def _add_restore(commands):
     parser.add_argument("--budget", type=positive_int, metavar="NFE",
                         help="stop after this many network calls, from one inner run up to outer x inner "
                         "(default outer x inner)")
+    parser.add_argument("--schedule", choices=("matched", "paper"),
+                        help="nested schedule: matched (default: the first inner run is plain's own grid, later "
+                        "runs on the tails of plain grids; docs/anytime_schedule.md) or paper (the released code's "
+                        "evenly spaced grids; takes any number of outer steps)")
     parser.add_argument("--eta", type=unit_float, help="eta of ddrm, ddnm (default 0.85) or pigdm (default 1.0)")
     parser.add_argument("--eta-b", type=unit_float, help="eta_b of ddrm (default 1.0)")
     parser.add_argument("--step-size", type=positive_float, metavar="Z", help="step size of dps (default 1.0)")
@@ -200,11 +204,11 @@ def run_restore_folder(args) -> int:
         model = load_model(args.model, device=workers.device)
         check_steps(model, args.outer, args.inner)
         if not args.vanilla:
-            check_plan(model, args.solver, args.outer, args.inner, args.budget)
+            check_plan(model, args.solver, args.outer, args.inner, args.budget, args.schedule)
         if getattr(model, "image_shape", None):
             check_fits(model, tuple(model.image_shape), args.batch_size, workers.device, force=args.force)
         settings = BatchSettings(args.outer, args.inner, args.budget, args.solver, options, args.vanilla, args.seed,
-                                 args.model)
+                                 args.model, args.schedule)
         jobs = restore_folder(args.measurement, args.out, model,
                               lambda path: _read_for(args, path, mask, model, workers.device), settings,
                               batch_size=args.batch_size, workers=workers, progress=not args.quiet)
@@ -246,6 +250,8 @@ def _read_checked(args, source, mask):
 def _checked_solver_options(args) -> dict:
     from ipsolve.restore import solver_options
 
+    if args.vanilla and args.schedule is not None:
+        raise ValueError("--schedule is for nested runs; --vanilla runs the plain solver: drop one of them")
     try:
         return solver_options(args.solver, eta=args.eta, eta_b=args.eta_b, step_size=args.step_size)
     except ValueError:
@@ -274,7 +280,7 @@ def _restore_inputs(args):
     model = load_model(args.model, device=device)
     check_steps(model, args.outer, args.inner)
     if not args.vanilla:
-        check_plan(model, args.solver, args.outer, args.inner, args.budget)
+        check_plan(model, args.solver, args.outer, args.inner, args.budget, args.schedule)
     check_model_fits(model, tuple(measurement.op.input_shape), device)
     check_fits(model, tuple(measurement.op.input_shape), args.batch, device, force=args.force)
     measurement = measurement._replace(y=measurement.y.to(device))

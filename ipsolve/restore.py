@@ -76,13 +76,14 @@ def check_solver_takes(solver: str, op) -> None:
         raise ValueError(f"{op.name} is not linear: only dps takes it")
 
 
-def check_plan(model, solver: str, outer: int, inner: int, budget: int | None = None) -> None:
+def check_plan(model, solver: str, outer: int, inner: int, budget: int | None = None,
+               schedule: str | None = None) -> None:
     """ValueError (in the command line's words) when Nested Diffusion cannot plan these steps for `model`."""
     try:
-        solvers.plan(model, solver, outer, inner, budget)
+        solvers.plan(model, solver, outer, inner, budget, schedule=schedule)
     except ValueError as error:
         raise ValueError(f"--outer {outer} with --inner {inner} cannot be planned ({error}): use more inner "
-                         f"calls or fewer outer steps") from None
+                         f"calls, fewer outer steps, or --schedule paper") from None
 
 
 def vanilla_timesteps(nfe: int, num_train_steps: int = 1000) -> list[int]:
@@ -92,7 +93,7 @@ def vanilla_timesteps(nfe: int, num_train_steps: int = 1000) -> list[int]:
 
 def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
             solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
-            step_size: float | None = None, batch: int = 1, vanilla: bool = False,
+            step_size: float | None = None, batch: int = 1, vanilla: bool = False, schedule: str | None = None,
             generator: torch.Generator | None = None, on_preview=None, on_nfe=None) -> list[Preview]:
     """Restore `measurement` (with .y, .op, .sigma_y in model units) with `model`; return the previews.
 
@@ -101,21 +102,23 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
     calls and hands out its x̂₀ predictions at the same NFE marks, so the two anytime strips compare.
     eta / eta_b / step_size go to the solvers that take them (None: the solver's default; given to one
     that does not: an error). `batch` draws that many samples for the one measurement. The last preview
-    is the result. Runs on the device of measurement.y (put the model there too).
+    is the result. `schedule` ("matched", the default for restorers, or "paper") is solvers.nested's.
+    Runs on the device of measurement.y (put the model there too).
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     op = measurement.op
     y = measurement.y.reshape(-1, *op.measurement_shape)[:1].repeat(batch, *([1] * len(op.measurement_shape)))
     return restore_batch(y, op, measurement.sigma_y, model, outer, inner, budget=budget, solver=solver, eta=eta,
-                         eta_b=eta_b, step_size=step_size, vanilla=vanilla, generator=generator,
+                         eta_b=eta_b, step_size=step_size, vanilla=vanilla, schedule=schedule, generator=generator,
                          on_preview=on_preview, on_nfe=on_nfe)
 
 
 def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
                   solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
-                  step_size: float | None = None, vanilla: bool = False, generator: torch.Generator | None = None,
-                  noise=None, on_preview=None, on_nfe=None) -> list[Preview]:
+                  step_size: float | None = None, vanilla: bool = False, schedule: str | None = None,
+                  generator: torch.Generator | None = None, noise=None, on_preview=None,
+                  on_nfe=None) -> list[Preview]:
     """`restore` for a batch of measurements y (B, *op.measurement_shape) of one operator and noise level;
     random draws from `noise` (a callable, e.g. one generator per row) or else `generator`."""
     marks = preview_marks(outer, inner, budget)
@@ -145,7 +148,7 @@ def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, 
             hand_out(result, marks[-1])
         else:
             run = solvers.nested(model, inner=solver, outer_steps=outer, inner_steps=inner, budget=budget,
-                                 callback=after_call, **draws, **measured, **options)
+                                 schedule=schedule, callback=after_call, **draws, **measured, **options)
             for preview in run:
                 hand_out(preview.x0, preview.nfe)
     return previews

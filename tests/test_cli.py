@@ -126,7 +126,7 @@ def default_sigint():
 
 
 def test_ctrl_c_keeps_the_latest_preview_as_final(tmp_path):
-    process = subprocess.Popen(command("restore", "example", "--outer", 200, "--inner", 5, "--out", "run"),
+    process = subprocess.Popen(command("restore", "example", "--outer", 200, "--inner", 5, "--schedule", "paper", "--out", "run"),
                                cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=default_sigint)
     deadline = time.monotonic() + 120

@@ -80,6 +80,10 @@ BAD_INPUTS = {  # arguments → what the one error line must say
     "pigdm on a nonlinear sensor": (["restore", "saturate.png", "--solver", "pigdm"], "only dps takes it"),
     "an option the solver does not take": (["restore", "digit_sr4.png", "--solver", "ddnm", "--eta-b", "0.5"],
                                            "--solver ddnm takes no --eta-b"),
+    "more outer steps than the matched schedule plans": (["restore", "digit_sr4.png", "--outer", "40", "--inner",
+                                                          "5"], "or --schedule paper"),
+    "--schedule with --vanilla": (["restore", "digit_sr4.png", "--vanilla", "--schedule", "paper"],
+                                  "--schedule is for nested runs"),
     "seed overflow": (["restore", "digit_sr4.png", "--seed", str(2**70)], "--seed"),
     "device tpu": (["restore", "digit_sr4.png", "--device", "tpu"], "cpu, cuda or cuda:N"),
     "corrupt checkpoint": (["restore", "digit_sr4.png", "--model", "broken.ckpt"], "corrupt"),
@@ -138,7 +142,8 @@ def test_arguments_that_agree_with_the_sidecar_are_used_and_recorded(folder):
 
 
 def test_sigterm_ends_like_ctrl_c_and_a_second_run_into_the_folder_is_refused(folder):
-    process = subprocess.Popen(command("restore", "digit_sr4.png", "--outer", 200, "--inner", 5, "--out", "run"),
+    process = subprocess.Popen(command("restore", "digit_sr4.png", "--outer", 200, "--inner", 5,
+                                       "--schedule", "paper", "--out", "run"),
                                cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not previews_in(folder / "run") and time.monotonic() < deadline and process.poll() is None:
