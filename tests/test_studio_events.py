@@ -2,6 +2,7 @@
 writes what `ipsolve restore` / `ipsolve generate` write (file for file), Stop keeps the latest preview,
 bad input is one line and leaves nothing behind, and browser sessions do not see each other's runs."""
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -79,9 +80,11 @@ def test_an_uploaded_measurement_with_sidecar_and_mask_restores_like_the_cli_wit
                        solver="pigdm", outer=2, inner=3, budget=5, eta=0.5, seed=1, samples=2)
     job = prepare_restore(studio, form)
     views = list(job.views(studio))
-    assert views[-1].status.startswith("done: 2 previews, 5 NFE")
+    assert views[-1].status.startswith("done: 1 previews, 5 NFE")  # the budget planned: one run of 5
     assert "PSNR" not in views[-1].answer_label  # no clean image to compare with
-    assert main(["restore", str(EXAMPLES / "digit_inp.png"), "--solver", "pigdm", "--outer", "2", "--inner", "3",
+    for name in ("digit_inp.png", "digit_inp.png.json", "digit_inp.mask.png"):  # outside the shipped examples,
+        shutil.copy(EXAMPLES / name, tmp_path / name)  # whose strips `ipsolve restore` labels with PSNR
+    assert main(["restore", str(tmp_path / "digit_inp.png"), "--solver", "pigdm", "--outer", "2", "--inner", "3",
                  "--budget", "5", "--eta", "0.5", "--seed", "1", "--batch", "2", "--out", str(tmp_path / "cli"),
                  "--quiet"]) == 0
     assert_same_run_folder(job.run_dir, tmp_path / "cli")
