@@ -113,8 +113,8 @@ def _add_restore(commands):
     parser.add_argument("--inner", type=positive_int, default=5, metavar="I",
                         help="network calls per inner DDRM run (default 5)")
     parser.add_argument("--budget", type=positive_int, metavar="NFE",
-                        help="stop after this many network calls, shortening the last inner run "
-                        "(at least one inner run; default outer x inner)")
+                        help="stop after this many network calls, shared over the inner runs that fit "
+                        "(none is cut short; at least one inner run; default outer x inner)")
     parser.add_argument("--eta", type=unit_float, default=0.85, help="DDRM eta (default 0.85)")
     parser.add_argument("--eta-b", type=unit_float, default=1.0, help="DDRM eta_b (default 1.0)")
     parser.add_argument("--seed", type=natural_int, default=0, help="random seed (default 0)")
