@@ -133,12 +133,12 @@ def _add_restore(commands):
                         "SVD tasks (deno, srN, color, inp*, deblur_*, sr_bicubicN); pigdm also compositions such "
                         "as deblur_gauss+inp; dps every task, the nonlinear saturate included")
     parser.add_argument("--budget", type=positive_int, metavar="NFE",
-                        help="stop after this many network calls, from one inner run up to outer x inner "
-                        "(default outer x inner)")
+                        help="stop after this many network calls, shared over the inner runs that fit "
+                        "(none is cut short; from one inner run up to outer x inner; default outer x inner)")
     parser.add_argument("--schedule", choices=("matched", "paper"),
                         help="nested schedule: matched (default: the first inner run is plain's own grid, later "
                         "runs on the tails of plain grids; docs/anytime_schedule.md) or paper (the released code's "
-                        "evenly spaced grids; takes any number of outer steps)")
+                        "evenly spaced grids)")
     parser.add_argument("--eta", type=unit_float, help="eta of ddrm, ddnm (default 0.85) or pigdm (default 1.0)")
     parser.add_argument("--eta-b", type=unit_float, help="eta_b of ddrm (default 1.0)")
     parser.add_argument("--step-size", type=positive_float, metavar="Z", help="step size of dps (default 1.0)")

@@ -139,6 +139,11 @@ def run_variant(prior, y, op, sigma_y, variant: Variant, outer_steps, inner_step
 def frechet(a, b):
     """Fréchet distance between Gaussians fitted to the rows of a and b (N, D)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
+    if len(a) + len(b) < a.shape[1]:  # low rank: Tr((Ca Cb)^½) is the nuclear norm of A Bᵀ (as metrics.fid_from_features)
+        left = (a - mu_a) / math.sqrt(len(a) - 1)
+        right = (b - mu_b) / math.sqrt(len(b) - 1)
+        cross = torch.linalg.svdvals(left @ right.T).sum()
+        return ((mu_a - mu_b).square().sum() + left.square().sum() + right.square().sum() - 2 * cross).item()
     ca, cb = torch.cov(a.T), torch.cov(b.T)
     vals, vecs = torch.linalg.eigh(ca)
     root = vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T

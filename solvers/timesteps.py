@@ -120,24 +120,24 @@ def planned_inner_counts(counts: list[int], budget: int | None = None) -> list[i
 
 def matched_inner_timesteps(counts: list[int], plain_grid=plain_ddrm_timesteps, reach: float = 1.0,
                             num_train: int = 1000) -> list[list[int]]:
-    """The inner grids of the "matched" nested schedule: run j (k_j calls) spans [0, t_j] evenly, where
-    t_j is where the last k_j points of `plain_grid(K_j)` start, K_j = k_1 + … + k_j the calls made by
-    then — so every inner run steps as finely as a plain run that spent the same calls in all, and the
-    first run is the plain run with k_1 calls. `reach` < 1 starts the later runs lower (t_j scaled).
-    The outer times are the grids' first points; they must come out strictly descending.
+    """The inner grids of the "matched" nested schedule: run j (k_j calls) runs on the last k_j points of
+    `plain_grid(K_j)`, K_j = k_1 + … + k_j the calls made by its end (capped at num_train) — it steps
+    exactly as a plain run that spent the same calls in all does near t = 0 — and the first run is the
+    plain run with k_1 calls. `reach` < 1 starts the later runs lower (at reach × that grid's first point,
+    evenly spaced down to 0). The outer times are the grids' first points: descending for any even split;
+    with very many outer steps the tails coincide (equal outer times: the outer step is then the identity
+    and the run starts afresh from the same state), and a list whose lengths grow fast can start a run above
+    the previous one (the outer step then re-noises the previous preview up to it).
     """
     grids = []
     for step, (count, total) in enumerate(zip(counts, itertools.accumulate(counts))):
-        plain = plain_grid(total, num_train) if total <= num_train else []
+        plain = plain_grid(min(total, num_train), num_train)
         if len(plain) < count:
-            raise ValueError(f"the plain grid for {total} calls has fewer than {count} points")
-        top = plain[-count] if step == 0 else round(reach * plain[-count])
-        if grids and top >= grids[-1][0]:
-            raise ValueError(f"inner runs of {counts} calls: run {step + 1} would start at t = {top}, not below "
-                             f"the previous run's {grids[-1][0]}; give later runs fewer calls")
-        if top < count - 1:
-            raise ValueError(f"inner run {step + 1} cannot make {count} calls below t = {top}")
-        grids.append(plain[-count:] if step == 0 else inner_timesteps(top, count))
+            raise ValueError(f"an inner run of {count} calls does not fit in {num_train} timesteps")
+        if step == 0 or reach == 1:
+            grids.append(plain[-count:])
+        else:
+            grids.append(inner_timesteps(max(count - 1, round(reach * plain[-count])), count))
     return grids
 
 

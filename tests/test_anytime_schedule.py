@@ -95,8 +95,15 @@ def test_matched_grids_step_like_plain_ddrm_with_the_calls_made_so_far():
         assert grids[0] == solvers.plain_ddrm_timesteps(6) and [len(g) for g in grids] == [6, 5, 5, 5]
         assert all(g[-1] == 0 and g == sorted(g, reverse=True) for g in grids)
         assert all(a[0] > b[0] for a, b in zip(grids, grids[1:]))
-    with pytest.raises(ValueError, match="not below"):
-        solvers.matched_inner_timesteps([2, 20])
+    assert [g[0] for g in solvers.matched_inner_timesteps([2, 20])] == [500, 855]  # 19 × (1000 // 22)
+    many = solvers.matched_inner_timesteps([5] * 200)  # tails coincide at the end: equal outer times
+    assert many[-1] == [4, 3, 2, 1, 0] and all(a[0] >= b[0] for a, b in zip(many, many[1:]))
+
+
+def test_very_many_outer_steps_run(prior, measurement):
+    run = solvers.nested(prior, "ddrm", outer_steps=200, inner_steps=5, **measurement)
+    previews = list(run)
+    assert len(previews) == 200 and previews[-1].nfe == 1000 and torch.isfinite(previews[-1].x0).all()
 
 
 def test_generation_keeps_the_paper_schedule_by_default(prior):
