@@ -80,8 +80,6 @@ BAD_INPUTS = {  # arguments → what the one error line must say
     "pigdm on a nonlinear sensor": (["restore", "saturate.png", "--solver", "pigdm"], "only dps takes it"),
     "an option the solver does not take": (["restore", "digit_sr4.png", "--solver", "ddnm", "--eta-b", "0.5"],
                                            "--solver ddnm takes no --eta-b"),
-    "more outer steps than the matched schedule plans": (["restore", "digit_sr4.png", "--outer", "40", "--inner",
-                                                          "5"], "or --schedule paper"),
     "--schedule with --vanilla": (["restore", "digit_sr4.png", "--vanilla", "--schedule", "paper"],
                                   "--schedule is for nested runs"),
     "seed overflow": (["restore", "digit_sr4.png", "--seed", str(2**70)], "--seed"),
