@@ -117,7 +117,11 @@ def run(work: Path, name: str, retry: bool = False) -> None:
 def verdicts(work: Path, name: str) -> dict:
     phase, found = PHASES[name], {}
     patterns = phase["names"]
-    for meta in (work / name / "mutants").rglob("*.meta"):
+    mutants = work / name / "mutants"
+    for meta in mutants.rglob("*.meta"):
+        source = str(meta.relative_to(mutants))[:-len(".meta")]
+        if not any(_matches(source, p) for p in phase["mutate"]):
+            continue
         for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             if patterns is None or any(_matches(key, p) for p in patterns):
                 found[key] = code
