@@ -117,3 +117,35 @@ def test_inception_features_of_two_images(tmp_path):
     assert features.shape == (3, 2048)
     assert torch.isfinite(features).all() and (features >= 0).all()   # average-pooled ReLU outputs
     assert torch.allclose(features[0], features[1]) and not torch.allclose(features[1], features[2])
+
+
+def resized_by_hand(path, mode):
+    """clean-fid's resizing to 299×299 on [0, 255] values: "clean" is PIL bicubic on each channel as a float
+    image, "legacy_pytorch" torch's bilinear interpolation; RGB first, values clipped to [0, 255]."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
+    if mode == "clean":
+        channels = [np.asarray(Image.fromarray(rgb[:, :, c], mode="F").resize((299, 299), Image.BICUBIC))
+                    for c in range(3)]
+        return torch.from_numpy(np.stack(channels).clip(0, 255))
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    return F.interpolate(image, size=(299, 299), mode="bilinear", align_corners=False)[0].clamp(0, 255)
+
+
+def test_image_features_are_the_network_on_clean_fid_resized_images(tmp_path):
+    from ipsolve.imageio import save_image
+
+    g = torch.Generator().manual_seed(3)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    save_image(torch.rand(3, 24, 40, generator=g), paths[0])
+    save_image(torch.rand(1, 16, 16, generator=g), paths[1])  # gray: read as RGB
+    extractor = metrics.InceptionFeatures()
+    found = {}
+    for mode, batch_size in (("clean", 1), ("legacy_pytorch", 32)):
+        found[mode] = metrics.image_features(paths, extractor, mode=mode, batch_size=batch_size)
+        expected = extractor(torch.stack([resized_by_hand(p, mode) for p in paths])).numpy()
+        np.testing.assert_allclose(found[mode], expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(found["clean"] - found["legacy_pytorch"]).max() > 1e-2
+    with pytest.raises(ValueError, match="unknown FID mode"):
+        metrics.image_features(paths, extractor, mode="legacy_tensorflow")
