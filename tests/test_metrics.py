@@ -30,6 +30,12 @@ def test_psnr_clamps_to_unit_range_and_follows_dtype():
     assert value.item() == pytest.approx(10 * math.log10(16))
 
 
+def test_psnr_clamps_the_reference_too():
+    ref = torch.tensor([[[[1.5, -0.5]]]])   # clamped to 1 and 0
+    x = torch.tensor([[[[0.5, 0.5]]]])      # error 0.5 on both pixels → MSE 0.25
+    assert metrics.psnr(x, ref).item() == pytest.approx(10 * math.log10(4), rel=1e-6)
+
+
 def test_frechet_distance_matches_gaussian_closed_form():
     rng = np.random.default_rng(1)
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
