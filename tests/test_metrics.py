@@ -30,10 +30,26 @@ def test_psnr_clamps_to_unit_range_and_follows_dtype():
     assert value.item() == pytest.approx(10 * math.log10(16))
 
 
-def test_psnr_clamps_the_reference_too():
-    ref = torch.tensor([[[[1.5, -0.5]]]])   # clamped to 1 and 0
-    x = torch.tensor([[[[0.5, 0.5]]]])      # error 0.5 on both pixels → MSE 0.25
-    assert metrics.psnr(x, ref).item() == pytest.approx(10 * math.log10(4), rel=1e-6)
+def test_psnr_clamps_both_images_at_both_ends():
+    ref = torch.tensor([[[[1.5, -0.5, 0.2]]]])  # → 1, 0, 0.2
+    x = torch.tensor([[[[-0.3, 0.5, 1.4]]]])    # → 0, 0.5, 1: errors 1, 0.5, 0.8, MSE 0.63
+    assert metrics.psnr(x, ref).item() == pytest.approx(-10 * math.log10(0.63), rel=1e-6)
+
+
+def test_fid_of_float32_features_is_computed_in_float64():
+    """Features far from the origin: their spread is below float32's resolution there, so the means and
+    covariances must be taken in float64 (as the features would be by np.cov)."""
+    rng = np.random.default_rng(5)
+    features, reference = 1e4 + rng.normal(size=(6, 50)), 1e4 + 2 * rng.normal(size=(5, 50))
+    exact = metrics.fid_from_features(features, reference)
+    by_covariance = metrics.frechet_distance(features.mean(0), np.cov(features, rowvar=False),
+                                             reference.mean(0), np.cov(reference, rowvar=False))
+    assert exact == pytest.approx(by_covariance, rel=1e-6)
+    stored = [np.asarray(f, np.float32).astype(np.float64) for f in (features, reference)]
+    as_stored = metrics.frechet_distance(stored[0].mean(0), np.cov(stored[0], rowvar=False),
+                                         stored[1].mean(0), np.cov(stored[1], rowvar=False))
+    assert metrics.fid_from_features(*(np.asarray(f, np.float32) for f in (features, reference))) == \
+        pytest.approx(as_stored, rel=1e-6)
 
 
 def test_frechet_distance_matches_gaussian_closed_form():
