@@ -167,3 +167,26 @@ def test_ddim_draws_only_where_its_noise_can_be_nonzero(prior):
         solvers.ddim(prior, x_T, [999, 600, 300, 90, 10], eta=eta,
                      noise=lambda shape: shapes.append(shape) or torch.zeros(shape, dtype=torch.float64))
         assert shapes == [(2, *SHAPE)] * expected
+
+
+class LearnedVariance:
+    """Returns [ε, v] along the channels with a constant v, as a learned-variance network does."""
+
+    learned_sigma = True
+
+    def __init__(self, model, v):
+        self.model, self.v, self.alphas_cumprod = model, v, model.alphas_cumprod
+
+    def __call__(self, x, t):
+        return torch.cat([self.model(x, t), torch.full_like(x, self.v)], dim=1)
+
+
+def test_learned_variance_channels_split_off_for_any_image_shape():
+    """One channel, 3×4 pixels (channels ≠ height): v = 1 is the fixed large variance, v = −1 the small."""
+    prior = random_gaussian_prior((1, 3, 4), generator(5))
+    x_T = torch.randn(2, 1, 3, 4, generator=generator(6), dtype=torch.float64)
+    grid = [999, 500, 100, 0]
+    for v, fixed in ((1.0, "fixedlarge"), (-1.0, "fixedsmall")):
+        learned = solvers.ddpm(LearnedVariance(prior, v), x_T, grid, generator=generator(7))
+        torch.testing.assert_close(learned, solvers.ddpm(prior, x_T, grid, variance=fixed, generator=generator(7)),
+                                   rtol=1e-12, atol=1e-12)
