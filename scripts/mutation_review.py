@@ -2,7 +2,8 @@
 
     pip install mutmut==3.8.1                       # into the project's environment
     python scripts/mutation_review.py solvers       # one phase; or: all, or several names
-    python scripts/mutation_review.py --summary solvers metrics units degradations
+    python scripts/mutation_review.py --retry-survivors solvers   # after adding tests
+    python scripts/mutation_review.py --summary --diff solvers metrics units degradations
 
 Each phase copies the sources and tests into WORK/PHASE (default /tmp/ipsolve-mutation), writes a setup.cfg
 [mutmut] section that mutates the phase's files and runs only the test files that exercise them, and runs
@@ -93,8 +94,21 @@ def mutmut() -> str:
     return str(Path(sys.executable).with_name("mutmut"))
 
 
-def run(work: Path, name: str) -> None:
+def retry_survivors(work: Path, name: str) -> None:
+    """Forget the survivors' verdicts so the next run tests them again (with the tests added since)."""
+    for meta in (work / name / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        if any(code is not None and STATUS.get(code) not in DETECTED for code in codes.values()):
+            data["exit_code_by_key"] = {k: (None if c is not None and STATUS.get(c) not in DETECTED else c)
+                                        for k, c in codes.items()}
+            meta.write_text(json.dumps(data))
+
+
+def run(work: Path, name: str, retry: bool = False) -> None:
     folder = prepare(work, name)
+    if retry:
+        retry_survivors(work, name)
     names = PHASES[name]["names"] or []
     print(f"== {name}: mutmut run in {folder}", flush=True)
     subprocess.run([mutmut(), "run", "--max-children", "1", *names], cwd=folder, env=environment(), check=False)
@@ -103,7 +117,11 @@ def run(work: Path, name: str) -> None:
 def verdicts(work: Path, name: str) -> dict:
     phase, found = PHASES[name], {}
     patterns = phase["names"]
-    for meta in (work / name / "mutants").rglob("*.meta"):
+    mutants = work / name / "mutants"
+    for meta in mutants.rglob("*.meta"):
+        source = str(meta.relative_to(mutants))[:-len(".meta")]
+        if not any(_matches(source, p) for p in phase["mutate"]):
+            continue
         for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             if patterns is None or any(_matches(key, p) for p in patterns):
                 found[key] = code
@@ -136,13 +154,15 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="/tmp/ipsolve-mutation", help="where the phase folders go")
     parser.add_argument("--summary", action="store_true", help="print the results instead of running")
     parser.add_argument("--diff", action="store_true", help="with --summary: show each survivor's change")
+    parser.add_argument("--retry-survivors", action="store_true",
+                        help="test the survivors of an earlier run again (after adding tests)")
     args = parser.parse_args(argv)
     names = list(PHASES) if args.phases == ["all"] else args.phases
     unknown = set(names) - set(PHASES)
     if unknown:
         parser.error(f"unknown phase(s) {sorted(unknown)}; choose among {list(PHASES)}")
     for name in names:
-        summary(Path(args.work), name, args.diff) if args.summary else run(Path(args.work), name)
+        summary(Path(args.work), name, args.diff) if args.summary else run(Path(args.work), name, args.retry_survivors)
     return 0
 
 

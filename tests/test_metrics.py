@@ -30,6 +30,28 @@ def test_psnr_clamps_to_unit_range_and_follows_dtype():
     assert value.item() == pytest.approx(10 * math.log10(16))
 
 
+def test_psnr_clamps_both_images_at_both_ends():
+    ref = torch.tensor([[[[1.5, -0.5, 0.2]]]])  # → 1, 0, 0.2
+    x = torch.tensor([[[[-0.3, 0.5, 1.4]]]])    # → 0, 0.5, 1: errors 1, 0.5, 0.8, MSE 0.63
+    assert metrics.psnr(x, ref).item() == pytest.approx(-10 * math.log10(0.63), rel=1e-6)
+
+
+def test_fid_of_float32_features_is_computed_in_float64():
+    """Features far from the origin: their spread is below float32's resolution there, so the means and
+    covariances must be taken in float64 (as the features would be by np.cov)."""
+    rng = np.random.default_rng(5)
+    features, reference = 1e4 + rng.normal(size=(6, 50)), 1e4 + 2 * rng.normal(size=(5, 50))
+    exact = metrics.fid_from_features(features, reference)
+    by_covariance = metrics.frechet_distance(features.mean(0), np.cov(features, rowvar=False),
+                                             reference.mean(0), np.cov(reference, rowvar=False))
+    assert exact == pytest.approx(by_covariance, rel=1e-6)
+    stored = [np.asarray(f, np.float32).astype(np.float64) for f in (features, reference)]
+    as_stored = metrics.frechet_distance(stored[0].mean(0), np.cov(stored[0], rowvar=False),
+                                         stored[1].mean(0), np.cov(stored[1], rowvar=False))
+    assert metrics.fid_from_features(*(np.asarray(f, np.float32) for f in (features, reference))) == \
+        pytest.approx(as_stored, rel=1e-6)
+
+
 def test_frechet_distance_matches_gaussian_closed_form():
     rng = np.random.default_rng(1)
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
@@ -117,3 +139,35 @@ def test_inception_features_of_two_images(tmp_path):
     assert features.shape == (3, 2048)
     assert torch.isfinite(features).all() and (features >= 0).all()   # average-pooled ReLU outputs
     assert torch.allclose(features[0], features[1]) and not torch.allclose(features[1], features[2])
+
+
+def resized_by_hand(path, mode):
+    """clean-fid's resizing to 299×299 on [0, 255] values: "clean" is PIL bicubic on each channel as a float
+    image, "legacy_pytorch" torch's bilinear interpolation; RGB first, values clipped to [0, 255]."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
+    if mode == "clean":
+        channels = [np.asarray(Image.fromarray(rgb[:, :, c], mode="F").resize((299, 299), Image.BICUBIC))
+                    for c in range(3)]
+        return torch.from_numpy(np.stack(channels).clip(0, 255))
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    return F.interpolate(image, size=(299, 299), mode="bilinear", align_corners=False)[0].clamp(0, 255)
+
+
+def test_image_features_are_the_network_on_clean_fid_resized_images(tmp_path):
+    from ipsolve.imageio import save_image
+
+    g = torch.Generator().manual_seed(3)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    save_image(torch.rand(3, 24, 40, generator=g), paths[0])
+    save_image(torch.rand(1, 16, 16, generator=g), paths[1])  # gray: read as RGB
+    extractor = metrics.InceptionFeatures()
+    found = {}
+    for mode, batch_size in (("clean", 1), ("legacy_pytorch", 32)):
+        found[mode] = metrics.image_features(paths, extractor, mode=mode, batch_size=batch_size)
+        expected = extractor(torch.stack([resized_by_hand(p, mode) for p in paths])).numpy()
+        np.testing.assert_allclose(found[mode], expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(found["clean"] - found["legacy_pytorch"]).max() > 1e-2
+    with pytest.raises(ValueError, match="unknown FID mode"):
+        metrics.image_features(paths, extractor, mode="legacy_tensorflow")

@@ -228,3 +228,9 @@ def test_inner_grids_must_start_at_the_outer_time_with_the_planned_length(grid):
     with pytest.raises(ValueError, match="inner grid at outer time 900 must start at 900 with 3 points"):
         solvers.nested(prior, "ddim", outer_timesteps=[900, 400], inner_steps=3, x_T=torch.zeros(1, 1, 2, 2),
                        inner_grid=grid)
+
+
+@pytest.mark.parametrize("counts", [[2, 2, 2], [2, 0]])
+def test_a_list_of_inner_steps_needs_one_positive_count_per_outer_step(prior, counts):
+    with pytest.raises(ValueError, match=r"must give one count ≥ 1 for each of the 2 outer steps"):
+        solvers.nested(prior, "ddim", outer_steps=2, inner_steps=counts, x_T=x_T())

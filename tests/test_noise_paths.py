@@ -328,3 +328,32 @@ def test_a_custom_inner_grid_is_used():
     list(run)
     assert run.inner_timesteps == [[900, 890, 880], [400, 390, 380]]
     assert [t for _, t, _ in prior.calls] == [900, 890, 880, 400, 390, 380]
+
+
+def test_y_aware_initialisation_at_a_low_time_equals_the_formula(problem):
+    """At t = 40 (σ_t ≈ 0.144) with σ_y = 0.1 the coordinates with s_i > σ_y/σ_t ≈ 0.69 are informed by y:
+    x̄_i = ȳ_i + √(σ_t² − σ_y²/s_i²) n_i; the others (and the null space) are σ_t n_i; x_t = √ᾱ_t V x̄."""
+    prior, op, clean, noise = problem
+    y = clean + 0.1 * noise
+    x_t = solvers.ddrm_init(prior, y, op, 0.1, 40, noise=Draws(3))
+    n = Draws(3)((3, 12))
+    a = float(prior.alphas_cumprod[40])
+    sigma = math.sqrt((1 - a) / a)
+    y_bar = (y @ op.left) / op.s
+    x_bar = sigma * n.clone()
+    informed = [i for i in range(8) if SINGULARS[i] * sigma > 0.1]
+    assert informed == [0, 2, 4, 5, 7]
+    for i in informed:
+        x_bar[:, i] = y_bar[:, i] + math.sqrt(sigma**2 - 0.1**2 / float(SINGULARS[i]) ** 2) * n[:, i]
+    torch.testing.assert_close(x_t, math.sqrt(a) * (x_bar @ op.right.T).reshape(3, *SHAPE), rtol=1e-12, atol=1e-12)
+
+
+def test_ddrm_passes_cond_to_the_model_and_names_bad_etas(problem):
+    prior, op, clean, _ = problem
+    model, cond = InputRecorder(prior), object()
+    solvers.ddrm(model, clean, op, 0.1, [500, 100, 0], cond=cond, noise=torch.zeros)
+    assert [c for _, _, c in model.calls] == [cond] * 3
+    with pytest.raises(ValueError, match=r"^eta must lie in \[0, 1\], got 1.5$"):
+        solvers.ddrm(prior, clean, op, 0.1, [500, 0], eta=1.5)
+    with pytest.raises(ValueError, match=r"^eta_b must lie in \[0, 1\], got -0.1$"):
+        solvers.ddrm(prior, clean, op, 0.1, [500, 0], eta_b=-0.1)

@@ -34,6 +34,24 @@ def features_of(paths):
     return np.array(rows)
 
 
+CALLS = []
+SCALE = {"clean": 1.0, "legacy_pytorch": 1.5}  # the two resizings give different features
+
+
+class FakeInception:
+    def __init__(self, weights=None, device="cpu"):
+        CALLS.append(("network", device))
+
+
+def fake_image_features(paths, extractor, mode="clean", batch_size=32, device="cpu"):
+    """features_of, scaled by the FID mode; records (mode, device) and checks the extractor and mode."""
+    assert isinstance(extractor, FakeInception)
+    if mode not in SCALE:
+        raise ValueError(f"unknown FID mode {mode!r}")
+    CALLS.append(("features", mode, device))
+    return SCALE[mode] * features_of(paths)
+
+
 def fid_by_sqrtm(f, g):
     cov_f, cov_g = np.cov(f, rowvar=False), np.cov(g, rowvar=False)
     return float(np.sum((f.mean(0) - g.mean(0)) ** 2) + np.trace(cov_f + cov_g)
@@ -51,8 +69,9 @@ def kid_by_hand(f, g):
 @pytest.fixture
 def report_inputs(tmp_path, monkeypatch):
     """clean/ and one folder per (task, method, budget) of distinct random images, with their records."""
-    monkeypatch.setattr(metrics, "InceptionFeatures", lambda *args, **kwargs: "extractor")
-    monkeypatch.setattr(metrics, "image_features", lambda paths, extractor, **kwargs: features_of(paths))
+    monkeypatch.setattr(metrics, "InceptionFeatures", FakeInception)
+    monkeypatch.setattr(metrics, "image_features", fake_image_features)
+    CALLS.clear()
     layout = OutputLayout(tmp_path)
     g = torch.Generator().manual_seed(0)
     for i in range(COUNT):
@@ -120,3 +139,25 @@ def test_read_records_in_order_and_missing_ones_named(report_inputs):
     missing.unlink()
     with pytest.raises(ValueError, match=f"{missing} is missing"):
         eval_report.read_records(config, layout, COUNT)
+
+
+def test_the_configured_mode_and_device_reach_the_feature_extraction(report_inputs):
+    config, layout, records = report_inputs
+    legacy = EvalConfig(**{**config.__dict__, "fid_mode": "legacy_pytorch"})
+    rows = eval_report.summarise(legacy, layout, records, "cpu")
+    assert CALLS[0] == ("network", "cpu") and len(CALLS) == 1 + 1 + len(rows)
+    assert all(call == ("features", "legacy_pytorch", "cpu") for call in CALLS[1:])
+    clean = 1.5 * features_of([layout.clean(i) for i in range(COUNT)])
+    outputs = 1.5 * features_of([layout.output("sr4", "ddrm", 2, i) for i in range(COUNT)])
+    assert rows[0]["fid"] == pytest.approx(fid_by_sqrtm(outputs, clean), rel=1e-7)
+
+
+def test_two_images_are_enough_for_fid(report_inputs):
+    """Two images a set: FID is computed (the pair formula of test_metric_truths.py)."""
+    config, layout, records = report_inputs
+    rows = eval_report.summarise(config, layout, [r for r in records if r["index"] < 2], "cpu")
+    clean = features_of([layout.clean(i) for i in range(2)])
+    outputs = features_of([layout.output("sr4", "ddrm", 2, i) for i in range(2)])
+    p, q = (outputs[0] - outputs[1]) / np.sqrt(2), (clean[0] - clean[1]) / np.sqrt(2)
+    expected = np.sum((outputs.mean(0) - clean.mean(0)) ** 2) + p @ p + q @ q - 2 * abs(p @ q)
+    assert rows[0]["images"] == 2 and rows[0]["fid"] == pytest.approx(expected, rel=1e-7)

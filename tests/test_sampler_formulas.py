@@ -130,3 +130,63 @@ def test_grids_accept_counts_up_to_their_limit_and_name_the_argument_beyond(grid
     for bad in (most + 1, 0):
         with pytest.raises(ValueError, match=rf"^{name} must lie in 1…{most}, got {bad}$"):
             grid(bad)
+
+
+def largest_remainder(total, weights):
+    """Hamilton's method: quotas total·w/Σw, each floored (at least 1), the calls left over to the largest
+    remainders, ties to the earlier step."""
+    from fractions import Fraction
+    quotas = [Fraction(total * w, sum(weights)) for w in weights]
+    counts = [max(1, int(q)) for q in quotas]
+    for i in sorted(range(len(weights)), key=lambda i: (counts[i] - quotas[i], i))[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+@pytest.mark.parametrize("schedule,weights", [("uniform", lambda n: [1] * n), ("front", lambda n: list(range(n, 0, -1))),
+                                              ("back", lambda n: list(range(1, n + 1)))])
+def test_inner_step_counts_are_largest_remainder_shares(schedule, weights):
+    for steps in range(1, 9):
+        for total in range(steps, 40):
+            assert solvers.inner_step_counts(total, steps, schedule) == largest_remainder(total, weights(steps))
+    assert solvers.inner_step_counts(7, 3) == [3, 2, 2]  # uniform by default, the remainder to the first steps
+
+
+def test_inner_step_counts_refuse_fewer_calls_than_steps():
+    with pytest.raises(ValueError, match="cannot split 2 inner calls over 3 outer steps"):
+        solvers.inner_step_counts(2, 3)
+    with pytest.raises(ValueError, match="cannot split 4 inner calls over 0 outer steps"):
+        solvers.inner_step_counts(4, 0)
+
+
+def test_ddim_draws_only_where_its_noise_can_be_nonzero(prior):
+    """One z per step into ᾱ' < 1 when η > 0, none into the last step (σ = 0 there) and none at η = 0."""
+    x_T = torch.randn(2, *SHAPE, generator=generator(4), dtype=torch.float64)
+    for eta, expected in ((0.7, 4), (0.0, 0)):
+        shapes = []
+        solvers.ddim(prior, x_T, [999, 600, 300, 90, 10], eta=eta,
+                     noise=lambda shape: shapes.append(shape) or torch.zeros(shape, dtype=torch.float64))
+        assert shapes == [(2, *SHAPE)] * expected
+
+
+class LearnedVariance:
+    """Returns [ε, v] along the channels with a constant v, as a learned-variance network does."""
+
+    learned_sigma = True
+
+    def __init__(self, model, v):
+        self.model, self.v, self.alphas_cumprod = model, v, model.alphas_cumprod
+
+    def __call__(self, x, t):
+        return torch.cat([self.model(x, t), torch.full_like(x, self.v)], dim=1)
+
+
+def test_learned_variance_channels_split_off_for_any_image_shape():
+    """One channel, 3×4 pixels (channels ≠ height): v = 1 is the fixed large variance, v = −1 the small."""
+    prior = random_gaussian_prior((1, 3, 4), generator(5))
+    x_T = torch.randn(2, 1, 3, 4, generator=generator(6), dtype=torch.float64)
+    grid = [999, 500, 100, 0]
+    for v, fixed in ((1.0, "fixedlarge"), (-1.0, "fixedsmall")):
+        learned = solvers.ddpm(LearnedVariance(prior, v), x_T, grid, generator=generator(7))
+        torch.testing.assert_close(learned, solvers.ddpm(prior, x_T, grid, variance=fixed, generator=generator(7)),
+                                   rtol=1e-12, atol=1e-12)
