@@ -169,5 +169,12 @@ def test_image_features_are_the_network_on_clean_fid_resized_images(tmp_path):
         expected = extractor(torch.stack([resized_by_hand(p, mode) for p in paths])).numpy()
         np.testing.assert_allclose(found[mode], expected, rtol=1e-4, atol=1e-4)
     assert np.abs(found["clean"] - found["legacy_pytorch"]).max() > 1e-2
+    np.testing.assert_allclose(metrics.image_features(paths, extractor), found["clean"], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown FID mode"):
         metrics.image_features(paths, extractor, mode="legacy_tensorflow")
+
+
+def test_lpips_uses_the_weights_file_it_is_given(tmp_path):
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(FileNotFoundError, match="LPIPS alex weights not found"):
+        metrics.lpips_distance(image, image, weights=tmp_path / "absent.ckpt")

@@ -190,3 +190,8 @@ def test_learned_variance_channels_split_off_for_any_image_shape():
         learned = solvers.ddpm(LearnedVariance(prior, v), x_T, grid, generator=generator(7))
         torch.testing.assert_close(learned, solvers.ddpm(prior, x_T, grid, variance=fixed, generator=generator(7)),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_a_repeated_timestep_is_refused(prior):
+    with pytest.raises(ValueError, match="strictly descending"):
+        solvers.ddim(prior, torch.zeros(1, *SHAPE, dtype=torch.float64), [500, 500, 0])
