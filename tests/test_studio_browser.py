@@ -3,7 +3,8 @@
 Restore: upload a digit, start a 4x5 restore, Stop after two previews: the answer and the download are the
 latest preview. Generate: keep one candidate after the first outer step; the next candidates come from
 it. A text file renamed .png: one message on the page, the server still answers. Prints the time from
-Start to the first preview on screen and from Stop to idle; screenshots go to docs/images/studio_*.png.
+Start to the first preview on screen and from Stop to idle; screenshots go to a temporary folder, or to
+docs/images/studio_*.png with IPSOLVE_SCREENSHOTS=docs/images (how the README's pictures are made).
 
 Needs Debian's chromium and chromium-driver (.ci/run installs them); skipped with a reason only where
 they are absent, never in CI (CI set).
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
@@ -26,7 +28,8 @@ from ipsolve.imageio import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGIT = ROOT / "ipsolve" / "examples" / "digit_clean.png"
-SHOTS = ROOT / "docs" / "images"
+# screenshots: into a temporary folder, or (IPSOLVE_SCREENSHOTS=docs/images) into the docs, on purpose only
+SHOTS = Path(os.environ.get("IPSOLVE_SCREENSHOTS") or tempfile.mkdtemp(prefix="studio-shots-"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 
