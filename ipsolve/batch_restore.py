@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,7 +60,6 @@ class Job:
     status: str = "pending"
     nfe: int = 0
     seconds: float = 0.0
-    files: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
