@@ -86,11 +86,6 @@ def check_plan(model, solver: str, outer: int, inner: int, budget: int | None = 
                          f"calls, fewer outer steps, or --schedule paper") from None
 
 
-def vanilla_timesteps(nfe: int, num_train_steps: int = 1000) -> list[int]:
-    """DDRM's grid (skip = T // N, from the top down) cut to exactly `nfe` points (its 30 has 31)."""
-    return solvers.ddrm_timesteps(nfe, num_train_steps)[-nfe:]
-
-
 def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
             solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
             step_size: float | None = None, batch: int = 1, vanilla: bool = False, schedule: str | None = None,
@@ -142,7 +137,7 @@ def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, 
 
     with torch.no_grad():
         if vanilla:  # the x̂₀ predictions at the marks, then the solver's own result (for ddrm the same)
-            timesteps = vanilla_timesteps(marks[-1], len(model.alphas_cumprod))
+            timesteps = solvers.plain_ddrm_timesteps(marks[-1], len(model.alphas_cumprod))
             result = getattr(solvers, solver)(model, timesteps=timesteps, callback=after_call, **draws,
                                               **measured, **options)
             hand_out(result, marks[-1])

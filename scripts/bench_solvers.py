@@ -49,7 +49,6 @@ from ipsolve.imageio import from_model, to_model
 from ipsolve.metrics import lpips_distance, psnr
 from ipsolve.models import GaussianMixturePrior, load_model
 from ipsolve.models.schedules import alphas_cumprod_from_betas
-from ipsolve.restore import vanilla_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
@@ -99,7 +98,7 @@ def plain_runs(model, solver, y, op, sigma_y, seed):
     the longest run."""
     answers = {}
     for nfe in BUDGETS:
-        grid, calls, start = vanilla_timesteps(nfe, len(model.alphas_cumprod)), [], time.process_time()
+        grid, calls, start = solvers.plain_ddrm_timesteps(nfe, len(model.alphas_cumprod)), [], time.process_time()
         try:
             answers[nfe] = getattr(solvers, solver)(model, timesteps=grid, callback=watching(calls),
                                                     generator=torch.Generator().manual_seed(seed),

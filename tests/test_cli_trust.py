@@ -197,7 +197,6 @@ def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, 
     import solvers
     from ipsolve.measurement import read_measurement
     from ipsolve.models import load_model
-    from ipsolve.restore import vanilla_timesteps
 
     done = ipsolve_run("restore", measurement, "--solver", solver, "--vanilla", "--outer", 1, "--inner", 3,
                        "--seed", 5, "--quiet", "--out", "run", cwd=folder)
@@ -207,7 +206,7 @@ def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, 
     read = read_measurement(folder / measurement)
     measured = {"forward": read.op} if solver == "dps" else {"op": read.op, "sigma_y": read.sigma_y}
     with torch.no_grad():
-        x0 = getattr(solvers, solver)(load_model("embedded"), y=read.y, timesteps=vanilla_timesteps(3),
+        x0 = getattr(solvers, solver)(load_model("embedded"), y=read.y, timesteps=solvers.plain_ddrm_timesteps(3),
                                       generator=torch.Generator().manual_seed(5), **measured)
     expected = ((x0[0] + 1) / 2).clamp(0, 1).mul(255).round() / 255
     torch.testing.assert_close(load_image(folder / "run" / "final.png"), expected, rtol=0, atol=1.5 / 255)

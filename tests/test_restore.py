@@ -14,7 +14,7 @@ from ipsolve.degrade import degrade
 from ipsolve.imageio import load_image, to_model
 from ipsolve.models.diffusion import DiffusionModel
 from ipsolve.models.unet import DDPMUNet
-from ipsolve.restore import Preview, check_model_fits, preview_marks, restore, vanilla_timesteps
+from ipsolve.restore import Preview, check_model_fits, preview_marks, restore
 from ipsolve.figures import FONT_SIZE, GAP
 from ipsolve.run_folder import RunFolder
 
@@ -93,9 +93,9 @@ def test_vanilla_ddrm_hands_out_its_x0_at_the_nested_marks_and_ends_on_its_resul
 
 
 def test_vanilla_grid_is_ddrms_cut_to_exactly_the_budget():
-    assert vanilla_timesteps(10) == list(range(900, -1, -100))
-    assert vanilla_timesteps(20) == list(range(950, -1, -50))
-    assert vanilla_timesteps(30) == list(range(957, -1, -33))  # DDRM's own 30-step grid has 31 points
+    assert solvers.plain_ddrm_timesteps(10) == list(range(900, -1, -100))
+    assert solvers.plain_ddrm_timesteps(20) == list(range(950, -1, -50))
+    assert solvers.plain_ddrm_timesteps(30) == list(range(957, -1, -33))  # DDRM's own 30-step grid has 31 points
 
 
 def test_batch_draws_distinct_samples_of_one_measurement_and_seeds_repeat(sr_case):
