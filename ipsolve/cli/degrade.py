@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipsolve.services.values import image_size, seed_int, unit_float
 
+
 def add_degrade_command(commands):
     """`ipsolve degrade`: its arguments and its run function."""
     parser = commands.add_parser(
@@ -21,7 +22,6 @@ def add_degrade_command(commands):
     parser.add_argument("--size", type=image_size, metavar="HxW", help="resize the clean image first")
     parser.add_argument("--gray", action="store_true", help="convert the clean image to one gray channel")
     parser.set_defaults(run=run_degrade)
-
 
 
 def run_degrade(args) -> int:

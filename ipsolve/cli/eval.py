@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipsolve.services.values import device_name, folder_name, positive_int
 
+
 def add_eval_arguments(parser) -> None:
     """Arguments of `ipsolve eval`."""
     parser.add_argument("--config", required=True,
@@ -22,7 +23,6 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, metavar="B",
                         help="images per solver batch (config's default)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID / KID (PSNR and LPIPS only)")
-
 
 
 def run_eval(args) -> int:

@@ -79,7 +79,6 @@ def add_restore_command(commands):
     parser.set_defaults(run=run_restore)
 
 
-
 def run_restore(args) -> int:
     """Validate everything, then restore with a progress bar, writing every preview as it comes."""
     from ipsolve.services.restore_request import RestoreRequest

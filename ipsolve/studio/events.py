@@ -303,7 +303,7 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
             given = {}
         else:
             measurement_file, given = _copy_measurement(form, job_dir / "input")
-        request = restore_request(studio, form, measurement_file, job_dir / "run", given)
+        request = restore_request_for(studio, form, measurement_file, job_dir / "run", given)
         inputs = restore_inputs(request)
         twin = None
         if form.compare:
@@ -388,7 +388,7 @@ def _copy_measurement(form, input_dir: Path):
     return measurement_file, given
 
 
-def restore_request(studio, form, measurement_file, out_dir, given):
+def restore_request_for(studio, form, measurement_file, out_dir, given):
     """The form as the `RestoreRequest` `ipsolve restore` would make of the same settings: each value
     checked by the command line's own parser, a bad one refused in its words (`--outer: must be …`)."""
     from ipsolve.config import SOLVERS
@@ -481,7 +481,7 @@ class GenerateSession:
         studio.check_model(form.model)
         self.studio, self.form = studio, form
         self.job_dir = studio.new_job_dir("generate")
-        self.request = request = generate_request(studio, form, self.job_dir / "run")
+        self.request = request = generate_request_for(studio, form, self.job_dir / "run")
         self.device = device = resolve_device(request.device)
         self.model = model = load_model(request.model, device=device)
         check_steps(model, request.outer, request.inner)
@@ -591,8 +591,9 @@ class GenerateSession:
         with atomic_path(self.run_dir / "picks.json") as tmp:
             Path(tmp).write_text(json.dumps(picks, indent=2) + "\n")
         request = self.request
-        words = ["ipsolve", "generate", "--model", request.model, "--n", str(request.n), "--outer",
-                 str(request.outer), "--inner", str(request.inner), "--seed", str(request.seed), "--picks", "picks.json"]
+        words = ["ipsolve", "generate", "--model", request.model, "--n", str(request.n),
+                 "--outer", str(request.outer), "--inner", str(request.inner), "--seed", str(request.seed),
+                 "--picks", "picks.json"]
         if request.prompt is not None:
             words += ["--prompt", request.prompt]
         if request.class_label is not None:
@@ -640,7 +641,7 @@ class GenerateSession:
         return view
 
 
-def generate_request(studio, form, out_dir):
+def generate_request_for(studio, form, out_dir):
     """The form as the `GenerateRequest` `ipsolve generate` would make of the same settings, each value
     checked by the command line's own parser and a bad one refused in its words (`--n: must be …`)."""
     from ipsolve.services.generate_run import GenerateRequest
