@@ -1,7 +1,7 @@
 """Progress of a run: a live bar on a terminal, one plain line per preview anywhere else."""
 import io
 
-from ipsolve.progress import RunProgress
+from ipsolve.services.progress import RunProgress
 
 
 class Terminal(io.StringIO):

@@ -1,7 +1,7 @@
 """`ipsolve studio`: a local web page to watch, stop and steer anytime restoration and generation.
 
 Install the optional extra (`pip install -e .[studio]`, Gradio); see docs/studio.md. The page calls the
-same library code as the command line (`ipsolve.studio.events`); Gradio is imported only by
+same services as the command line (`ipsolve.studio.events`, `ipsolve.services`); Gradio is imported only by
 `ipsolve.studio.app`, when the server starts.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ update checks and share links are off.
 
 def add_studio_arguments(parser):
     """The options of `ipsolve studio`."""
-    from ipsolve.cli_support import device_name, folder_name, positive_int
+    from ipsolve.services.values import device_name, folder_name, positive_int
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = STUDIO_EPILOG
@@ -41,7 +41,7 @@ def run_studio_command(args) -> int:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "2")  # a closed tab is noticed (and its run stopped) in ~2 s
-    from ipsolve.cli_support import check_writable_folder, resolve_device
+    from ipsolve.services.checks import check_writable_folder, resolve_device
     from ipsolve.models import load_model
 
     models = list(dict.fromkeys(args.model or ["embedded"]))

@@ -1,26 +1,26 @@
 """What the studio page does, as plain Python the page calls (no Gradio here, so tests call it directly).
 
-Every action parses the page's values, calls the library service the command line calls, and hands back
-what to show:
+Every action parses the page's values (with the parsers of `ipsolve.services.values`, as the command
+line does), calls the service the command line calls (`ipsolve.services`), and hands back what to show:
 
 - restore: `prepare_restore(studio, form)` checks everything and writes the job's input (the uploaded
   measurement, or the clean image degraded on the page with `ipsolve.degrade`, written with its sidecar
-  as `ipsolve degrade` writes it); the arguments are parsed by `ipsolve restore`'s own parser and checked
-  by its own `_restore_inputs`; `RestoreJob.views()` then runs `ipsolve.restore_run.run_restore_job`
-  (the body of `ipsolve restore`) in a thread and yields a `RestoreView` after every preview. Same
-  arguments and seed → the same run folder as `ipsolve restore`, file for file.
-- generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate`, one outer step per
-  call, applying the user's picks and prompt / class changes through `ipsolve.feedback.Feedback` (as
-  `--pick` / `--prompt-at` do); the run folder gets picks.json and replay.txt, so `ipsolve generate
-  --picks picks.json …` replays the run.
+  as `ipsolve degrade` writes it); the form becomes a `RestoreRequest`, checked by the service's
+  `restore_inputs`; `RestoreJob.views()` then runs it (`run_restore_request`, the body of `ipsolve
+  restore`) in a thread and yields a `RestoreView` after every preview. Same settings and seed → the
+  same run folder as `ipsolve restore`, file for file.
+- generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate` made from a
+  `GenerateRequest`, one outer step per call, applying the user's picks and prompt / class changes
+  through `ipsolve.feedback.Feedback` (as `--pick` / `--prompt-at` do), writing the run folder with the
+  pieces of `ipsolve.services.generate_run`; the folder gets picks.json and replay.txt, so `ipsolve
+  generate --picks picks.json …` replays the run.
 
 Bad input raises ValueError / OSError with one readable line (`message(error)`), and a job that fails
 its checks leaves no folder behind.
 """
 from __future__ import annotations
 
-import contextlib
-import io
+import dataclasses
 import json
 import queue
 import shlex
@@ -31,6 +31,8 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ipsolve.services.values import device_name, natural_int, positive_int, seed_int, unit_float
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TASKS = ("sr4", "sr2", "deno", "inp", "inp_box", "deblur_gauss", "deblur_uni", "color")
@@ -46,7 +48,7 @@ EXAMPLE_CHOICES = {  # label → (image, treat as, sidecar, mask)
 
 def message(error: BaseException) -> str:
     """The one line the page shows for a refused input or a failed run."""
-    from ipsolve.cli_support import one_line
+    from ipsolve.services.checks import one_line
 
     return one_line(error)
 
@@ -148,8 +150,8 @@ class RestoreView:
 class RestoreJob:
     """One checked restore (and its plain-solver twin with `compare`), ready to run."""
 
-    def __init__(self, job_dir: Path, args, inputs, clean, twin=None):
-        self.job_dir, self.args, self.inputs, self.clean, self.twin = job_dir, args, inputs, clean, twin
+    def __init__(self, job_dir: Path, request, inputs, clean, twin=None):
+        self.job_dir, self.request, self.inputs, self.clean, self.twin = job_dir, request, inputs, clean, twin
         self._stop = threading.Event()
         self.result = None
         self.twin_result = None
@@ -158,7 +160,7 @@ class RestoreJob:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.args.out)
+        return Path(self.request.out)
 
     def stop(self) -> None:
         self._stop.set()
@@ -169,14 +171,11 @@ class RestoreJob:
 
     def run(self, on_preview=None):
         """Run to the end (or until stopped) in this thread; on_preview(kind, preview, path) per preview."""
-        from ipsolve.cli import _run_record
-        from ipsolve.restore_run import run_restore_job
+        from ipsolve.services.restore_request import run_restore_request
 
-        def one(args, inputs, kind):
-            source, measurement, mask_file, model, device, _ = inputs
-            return run_restore_job(
-                measurement, model, args, args.out, _run_record(args, source, model, measurement, mask_file, device),
-                device=device, should_stop=self._stop.is_set,
+        def one(request, inputs, kind):
+            return run_restore_request(
+                request, inputs, should_stop=self._stop.is_set,
                 on_preview=None if on_preview is None else (lambda preview, path: on_preview(kind, preview, path)))
 
         twin_thread = None
@@ -189,7 +188,7 @@ class RestoreJob:
             twin_thread = threading.Thread(target=run_twin, daemon=True)
             twin_thread.start()
         try:
-            self.result = one(self.args, self.inputs, "nested")
+            self.result = one(self.request, self.inputs, "nested")
         except Exception as error:  # noqa: BLE001 - shown on the page
             self.error = error
             self.stop()
@@ -202,11 +201,11 @@ class RestoreJob:
         One run at a time per model: a second one waits (and says so). Closing the generator (the page
         went away) stops the run."""
         events: queue.Queue = queue.Queue()
-        lock = studio.model_lock(self.args.model) if studio is not None else threading.Lock()
+        lock = studio.model_lock(self.request.model) if studio is not None else threading.Lock()
         view = RestoreView(measurement=str(self.measurement_picture()), running=True, run_dir=str(self.run_dir))
         try:
             if not lock.acquire(blocking=False):
-                view.status = f"waiting for the model {self.args.model} (another run is using it)…"
+                view.status = f"waiting for the model {self.request.model} (another run is using it)…"
                 yield view
                 while not lock.acquire(timeout=poll_s):
                     if self.stopping:
@@ -283,7 +282,7 @@ class RestoreJob:
         return text
 
     def measurement_picture(self) -> Path:
-        return Path(self.inputs[0])
+        return Path(self.inputs.source)
 
 
 def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
@@ -296,21 +295,21 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
         raise ValueError(f"treat the image as clean or as a measurement, not {form.treat_as!r}")
     job_dir = studio.new_job_dir("restore")
     try:
+        from ipsolve.services.restore_request import restore_inputs
+
         clean = None
         if form.treat_as == "clean":
             clean, measurement_file = _degrade_here(form, job_dir / "input")
-            extra = []
+            given = {}
         else:
-            measurement_file, extra = _copy_measurement(form, job_dir / "input")
-        args = _restore_args(studio, form, measurement_file, job_dir / "run", extra)
-        from ipsolve.cli import _restore_inputs
-
-        inputs = _restore_inputs(args)
+            measurement_file, given = _copy_measurement(form, job_dir / "input")
+        request = restore_request_for(studio, form, measurement_file, job_dir / "run", given)
+        inputs = restore_inputs(request)
         twin = None
-        if form.compare and not args.vanilla:
-            twin_args = _restore_args(studio, form, measurement_file, job_dir / "vanilla", extra + ["--vanilla"])
-            twin = (twin_args, _restore_inputs(twin_args))
-        return RestoreJob(job_dir, args, inputs, clean, twin)
+        if form.compare:
+            twin_request = dataclasses.replace(request, out=str(job_dir / "vanilla"), vanilla=True)
+            twin = (twin_request, restore_inputs(twin_request))
+        return RestoreJob(job_dir, request, inputs, clean, twin)
     except (ValueError, OSError) as error:
         shutil.rmtree(job_dir, ignore_errors=True)
         uploads = {form.image: form.image, form.sidecar: form.sidecar, form.mask: form.mask,
@@ -332,7 +331,6 @@ def _named_as_uploaded(text: str, uploads: dict) -> str:
 
 def _degrade_here(form, input_dir: Path):
     """The uploaded clean image degraded as `ipsolve degrade` does; (clean image, measurement file)."""
-    from ipsolve.cli_support import seed_int, unit_float
     from ipsolve.degrade import degrade
     from ipsolve.imageio import load_image
     from ipsolve.measurement import write_measurement
@@ -360,14 +358,15 @@ def _degrade_here(form, input_dir: Path):
 
 
 def _copy_measurement(form, input_dir: Path):
-    """The uploaded measurement (and its sidecar and mask) copied into the job; (file, extra arguments)."""
+    """The uploaded measurement (and its sidecar and mask) copied into the job; (file, the request's task,
+    sigma_y and mask when there is no sidecar to say them)."""
     from ipsolve.imageio import load_image
 
     load_image(form.image)  # a readable image, or one line saying it is not
     input_dir.mkdir(parents=True)
     measurement_file = input_dir / "measurement.png"
     shutil.copyfile(form.image, measurement_file)
-    extra = []
+    given = {}
     if form.sidecar:
         try:
             sidecar = json.loads(Path(form.sidecar).read_text())
@@ -382,39 +381,33 @@ def _copy_measurement(form, input_dir: Path):
             shutil.copyfile(form.mask, input_dir / "measurement.mask.png")
         (input_dir / "measurement.png.json").write_text(json.dumps(sidecar, indent=2))
     else:
-        extra += ["--task", form.task, "--sigma-y", str(form.sigma_y)]
+        given = {"task": form.task, "sigma_y": _checked(unit_float, form.sigma_y, "--sigma-y:")}
         if form.mask:
             shutil.copyfile(form.mask, input_dir / "given.mask.png")
-            extra += ["--mask", str(input_dir / "given.mask.png")]
-    return measurement_file, extra
+            given["mask"] = str(input_dir / "given.mask.png")
+    return measurement_file, given
 
 
-def _restore_args(studio, form, measurement_file, out_dir, extra):
-    """`ipsolve restore …` parsed by the command line's own parser (its types, defaults and messages)."""
-    argv = ["restore", str(measurement_file), "--model", form.model, "--solver", form.solver,
-            "--outer", _text(form.outer), "--inner", _text(form.inner), "--seed", _text(form.seed),
-            "--batch", _text(form.samples), "--out", str(out_dir), "--quiet", *extra]
-    if form.budget not in (None, "", 0):
-        argv += ["--budget", _text(form.budget)]
-    if form.eta is not None and str(form.eta).strip():
-        argv += ["--eta", _text(form.eta).strip()]
-    if studio.device is not None:
-        argv += ["--device", studio.device]
-    return parse_command(argv)
+def restore_request_for(studio, form, measurement_file, out_dir, given):
+    """The form as the `RestoreRequest` `ipsolve restore` would make of the same settings: each value
+    checked by the command line's own parser, a bad one refused in its words (`--outer: must be …`)."""
+    from ipsolve.config import SOLVERS
+    from ipsolve.services.restore_request import RestoreRequest
+
+    if form.solver not in SOLVERS:
+        raise ValueError(f"--solver: invalid choice: {form.solver!r} (choose from {', '.join(map(repr, SOLVERS))})")
+    budget = None if form.budget in (None, "", 0) else _checked(positive_int, form.budget, "--budget:")
+    eta = (_checked(unit_float, _text(form.eta).strip(), "--eta:")
+           if form.eta is not None and str(form.eta).strip() else None)
+    return RestoreRequest(
+        measurement=str(measurement_file), model=form.model, solver=form.solver,
+        outer=_checked(positive_int, form.outer, "--outer:"), inner=_checked(positive_int, form.inner, "--inner:"),
+        seed=_checked(seed_int, form.seed, "--seed:"), batch=_checked(positive_int, form.samples, "--batch:"),
+        budget=budget, eta=eta, out=str(out_dir), quiet=True, device=_device(studio), **given)
 
 
-def parse_command(argv):
-    """The `ipsolve` parser's Namespace for argv; its error becomes a ValueError with its one line."""
-    from ipsolve.cli import build_parser
-
-    errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(errors):
-            return build_parser(argv[0]).parse_args(argv)
-    except SystemExit:
-        text = errors.getvalue().strip().removeprefix("ipsolve: error: ")
-        text = text.split(" (see `")[0]
-        raise ValueError(text.replace("argument --", "--") or "invalid settings") from None
+def _device(studio):
+    return None if studio.device is None else _checked(device_name, studio.device, "--device:")
 
 
 def _text(value) -> str:
@@ -424,6 +417,7 @@ def _text(value) -> str:
 
 
 def _checked(parse, value, what):
+    """parse (one of `ipsolve.services.values`) applied to the value as typed; ValueError "WHAT reason"."""
     import argparse
 
     try:
@@ -434,7 +428,7 @@ def _checked(parse, value, what):
 
 def zip_folder(folder: Path, archive: Path) -> Path:
     """The run folder's files (not its lock) in one .zip, written atomically."""
-    from ipsolve.folder_lock import LOCK_NAME
+    from ipsolve.services.folder_lock import LOCK_NAME
     from ipsolve.imageio import atomic_path
 
     with atomic_path(archive) as tmp:
@@ -477,36 +471,28 @@ class GenerateSession:
     def __init__(self, studio: Studio, form: GenerateForm):
         import torch
 
-        from ipsolve import generation
-        from ipsolve.cli_support import resolve_device
         from ipsolve.feedback import Choice, Feedback
+        from ipsolve.generation import generate, model_family
         from ipsolve.models import load_model
         from ipsolve.resources import check_fits, check_steps
+        from ipsolve.services.checks import resolve_device
+        from ipsolve.services.generate_run import conditioning
 
         studio.check_model(form.model)
         self.studio, self.form = studio, form
         self.job_dir = studio.new_job_dir("generate")
-        argv = ["generate", "--model", form.model, "--n", _text(form.n), "--outer", _text(form.outer),
-                "--inner", _text(form.inner), "--seed", _text(form.seed), "--out", str(self.job_dir / "run"),
-                "--quiet"]
-        if form.prompt and form.prompt.strip():
-            argv += ["--prompt", form.prompt.strip()]
-        if form.class_label is not None and _text(form.class_label).strip():
-            argv += ["--class", _text(form.class_label).strip()]
-        if studio.device is not None:
-            argv += ["--device", studio.device]
-        self.args = args = parse_command(argv)
-        self.device = device = resolve_device(args.device)
-        self.model = model = load_model(args.model, device=device)
-        check_steps(model, args.outer, args.inner)
-        check_fits(model, tuple(model.image_shape), args.n, device, force=False)
-        self.family = generation.model_family(model)
-        cond, self.encode, self.parse_cond, _ = generation._conditioning(args, model, self.family)
+        self.request = request = generate_request_for(studio, form, self.job_dir / "run")
+        self.device = device = resolve_device(request.device)
+        self.model = model = load_model(request.model, device=device)
+        check_steps(model, request.outer, request.inner)
+        check_fits(model, tuple(model.image_shape), request.n, device, force=False)
+        self.family = model_family(model)
+        cond, self.encode, self.parse_cond, _ = conditioning(request, model, self.family)
         self._choice = Choice()
         self.feedback = Feedback({}, {}, self.encode, ask=lambda preview: self._choice)
         with torch.no_grad():
-            self.run = generation.generate(model, args.outer, args.inner, args.n, cond=cond,
-                                           generator=torch.Generator(device).manual_seed(args.seed))
+            self.run = generate(model, request.outer, request.inner, request.n, cond=cond,
+                                generator=torch.Generator(device).manual_seed(request.seed))
         self.steps = len(self.run.outer_timesteps)
         self.folder = None
         self.latest = None
@@ -518,7 +504,7 @@ class GenerateSession:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.args.out)
+        return Path(self.request.out)
 
     def stop(self) -> None:
         """Stop: the latest candidates stay the answer (the folder is finished at the next call or now)."""
@@ -540,7 +526,7 @@ class GenerateSession:
 
         from ipsolve.feedback import Choice, parse_indices
 
-        with self._lock, self.studio.model_lock(self.args.model):
+        with self._lock, self.studio.model_lock(self.request.model):
             if self.finished:
                 return self.view("the run has ended: start a new one")
             if self._stop.is_set():
@@ -551,12 +537,12 @@ class GenerateSession:
                     self.finish(interrupted=False)
                     return self.view()
                 keep = parse_indices(keep) if isinstance(keep, str) and keep.strip() else (list(keep) if keep else None)
-                if keep is not None and max(keep) >= self.args.n:
-                    raise ValueError(f"candidate {max(keep)} does not exist (there are {self.args.n}, from 0)")
+                if keep is not None and max(keep) >= self.request.n:
+                    raise ValueError(f"candidate {max(keep)} does not exist (there are {self.request.n}, from 0)")
                 cond = None
                 if cond_text not in (None, "") and self.family != "pixel":
                     cond = self.parse_cond(str(cond_text).strip())
-                    current = self.args.prompt if self.family == "sd" else self.args.class_label
+                    current = self.request.prompt if self.family == "sd" else self.request.class_label
                     last = self.prompt_changes[-1][1] if self.prompt_changes else current
                     cond = None if cond == last else cond
                 self._choice = Choice(keep=keep, cond=cond)
@@ -566,7 +552,7 @@ class GenerateSession:
                 self._choice = Choice()
             if self.folder is None:
                 self._start_folder()
-            from ipsolve.generation import write_preview
+            from ipsolve.services.generate_run import write_preview
 
             with torch.no_grad():
                 preview = next(self.run)
@@ -579,12 +565,12 @@ class GenerateSession:
             return self.view()
 
     def _start_folder(self):
-        from ipsolve.generation import _run_record
-        from ipsolve.run_folder import RunFolder
+        from ipsolve.services.generate_run import run_record
+        from ipsolve.services.run_folder import RunFolder
 
-        self.folder = RunFolder(self.args.out)
+        self.folder = RunFolder(self.request.out)
         self._start = time.perf_counter()
-        self.folder.start(_run_record(self.args, self.model, self.family, self.run, self.feedback, str(self.device),
+        self.folder.start(run_record(self.request, self.model, self.family, self.run, self.feedback, str(self.device),
                                       False, 0.0))
 
     def _write_candidates(self, images, step):
@@ -604,13 +590,14 @@ class GenerateSession:
         picks = {str(event["step"]): event["keep"] for event in self.feedback.events if "keep" in event}
         with atomic_path(self.run_dir / "picks.json") as tmp:
             Path(tmp).write_text(json.dumps(picks, indent=2) + "\n")
-        args = self.args
-        words = ["ipsolve", "generate", "--model", args.model, "--n", str(args.n), "--outer", str(args.outer),
-                 "--inner", str(args.inner), "--seed", str(args.seed), "--picks", "picks.json"]
-        if args.prompt is not None:
-            words += ["--prompt", args.prompt]
-        if args.class_label is not None:
-            words += ["--class", str(args.class_label)]
+        request = self.request
+        words = ["ipsolve", "generate", "--model", request.model, "--n", str(request.n),
+                 "--outer", str(request.outer), "--inner", str(request.inner), "--seed", str(request.seed),
+                 "--picks", "picks.json"]
+        if request.prompt is not None:
+            words += ["--prompt", request.prompt]
+        if request.class_label is not None:
+            words += ["--class", str(request.class_label)]
         flag = "--prompt-at" if self.family == "sd" else "--class-at"
         for step, value in self.prompt_changes:
             words += [flag, str(step), str(value)]
@@ -620,13 +607,13 @@ class GenerateSession:
                                  + shlex.join(words) + "\n")
 
     def finish(self, interrupted: bool) -> None:
-        from ipsolve.generation import _run_record
+        from ipsolve.services.generate_run import run_record
 
         if self.finished or self.folder is None:
             self.finished = True
             return
         self.finished = True
-        record = _run_record(self.args, self.model, self.family, self.run, self.feedback, str(self.device),
+        record = run_record(self.request, self.model, self.family, self.run, self.feedback, str(self.device),
                              interrupted, time.perf_counter() - self._start)
         self.folder.finish(record)
         self.archive = zip_folder(self.run_dir, self.job_dir / f"{self.job_dir.name}.zip")
@@ -652,6 +639,23 @@ class GenerateSession:
             view.status = (f"outer step {latest.step} of {self.steps} ({latest.nfe} NFE): click candidates to "
                            f"keep, change the prompt or class, then continue")
         return view
+
+
+def generate_request_for(studio, form, out_dir):
+    """The form as the `GenerateRequest` `ipsolve generate` would make of the same settings, each value
+    checked by the command line's own parser and a bad one refused in its words (`--n: must be …`)."""
+    from ipsolve.services.generate_run import GenerateRequest
+
+    prompt = form.prompt.strip() if form.prompt and form.prompt.strip() else None
+    class_label = None
+    if form.class_label is not None and _text(form.class_label).strip():
+        if prompt is not None:
+            raise ValueError("--class: not allowed with argument --prompt")
+        class_label = _checked(natural_int, _text(form.class_label).strip(), "--class:")
+    return GenerateRequest(
+        model=form.model, prompt=prompt, class_label=class_label, n=_checked(positive_int, form.n, "--n:"),
+        outer=_checked(positive_int, form.outer, "--outer:"), inner=_checked(positive_int, form.inner, "--inner:"),
+        seed=_checked(seed_int, form.seed, "--seed:"), out=str(out_dir), quiet=True, device=_device(studio))
 
 
 def start_generate(studio: Studio, session: str, form: GenerateForm) -> GenerateSession:

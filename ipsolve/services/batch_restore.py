@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 import ipsolve
 from ipsolve import distributed, provenance
-from ipsolve.cli_support import one_line
 from ipsolve.figures import measurement_picture
 from ipsolve.imageio import atomic_path
 from ipsolve.restore import Preview, restore_batch
-from ipsolve.run_folder import RunFolder, record_failure
+from ipsolve.services.checks import one_line
+from ipsolve.services.run_folder import RunFolder, record_failure
 
 INDEX_COLUMNS = ("index", "source", "task", "nfe", "seconds", "status", "folder")
 
