@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import degradations
 import solvers
@@ -43,6 +42,7 @@ from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_confi
 from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
 from ipsolve.services.checks import check_writable_folder
 from ipsolve.services.folder_lock import folder_lock
+from ipsolve.services.progress import CountProgress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -239,8 +239,7 @@ class Evaluator:
                 self.reused += len(batch) - len(pending)
                 if pending:
                     todo.append((run, batch, pending))
-        with tqdm(total=sum(len(p) for _, _, p in todo), desc="eval", unit="image",
-                  disable=not self.workers.is_main) as bar:
+        with CountProgress(sum(len(p) for _, _, p in todo), "eval", enabled=self.workers.is_main) as bar:
             for run, batch, pending in todo:
                 self._run_batch(run, self._operator(run.task), batch, pending)
                 bar.update(len(pending))
