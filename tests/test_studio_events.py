@@ -267,3 +267,37 @@ def test_a_clean_image_degraded_with_a_mask_file_equals_ipsolve_degrade_with_mas
     assert main(["restore", str(tmp_path / "y.png"), "--outer", "1", "--inner", "2", "--out", str(tmp_path / "cli"),
                  "--quiet"]) == 0
     assert_same_run_folder(job.run_dir, tmp_path / "cli")
+
+
+def test_the_studio_loads_each_model_once_for_restores_their_vanilla_twin_and_generations(tmp_path, monkeypatch):
+    import ipsolve.models
+
+    loads = []
+    real = ipsolve.models.load_model
+
+    def counted(name, *args, **kwargs):
+        loads.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ipsolve.models, "load_model", counted)
+    studio = Studio(["embedded"], tmp_path / "runs")
+    first = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), outer=1, inner=2))
+    list(first.views(studio))
+    compared = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), outer=1, inner=2,
+                                                   compare=True))
+    list(compared.views(studio))
+    generation = start_generate(studio, "tab", GenerateForm(n=2, outer=1, inner=2))
+    generation.step()
+    assert loads == ["embedded"]
+    assert compared.twin[1].model is compared.inputs.model  # the vanilla twin shares it
+    assert first.inputs.model is compared.inputs.model is generation.model
+
+
+def test_models_the_studio_command_loaded_at_start_are_not_loaded_again(tmp_path, monkeypatch):
+    import ipsolve.models
+
+    model = ipsolve.models.load_model("embedded", device="cpu")
+    monkeypatch.setattr(ipsolve.models, "load_model", lambda *args, **kwargs: pytest.fail("loaded again"))
+    studio = Studio(["embedded"], tmp_path / "runs", device="cpu", loaded={"embedded": model})
+    job = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), outer=1, inner=2))
+    assert job.inputs.model is model and list(job.views(studio))[-1].status.startswith("done")

@@ -47,15 +47,15 @@ def run_studio_command(args) -> int:
     models = list(dict.fromkeys(args.model or ["embedded"]))
     check_writable_folder(args.runs)
     device = resolve_device(args.device)
-    for name in models:  # a model that cannot load is refused now, in one line, not on the page later
-        load_model(name, device=device)
+    # a model that cannot load is refused now, in one line, not on the page later; the page keeps them all
+    loaded = {name: load_model(name, device=device) for name in models}
     _warm_up()
     try:
         from ipsolve.studio.app import serve
     except ImportError as error:
         raise ValueError(f"`ipsolve studio` needs Gradio: pip install -e '.[studio]' ({error})") from None
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    serve(models, args.runs, host=args.host, port=args.port, device=args.device)
+    serve(models, args.runs, host=args.host, port=args.port, device=args.device, loaded=loaded)
     return 0
 
 

@@ -226,9 +226,10 @@ def _stopped(studio, request):
     return gr.skip(), gr.skip(), view.status, view.final, view.archive
 
 
-def serve(models, runs_dir, host="127.0.0.1", port=7860, device=None):
-    """Build the page and serve it until Ctrl-C (prints the URL)."""
-    studio = Studio(models, runs_dir, device=device)
+def serve(models, runs_dir, host="127.0.0.1", port=7860, device=None, loaded=None):
+    """Build the page and serve it until Ctrl-C (prints the URL); loaded: {name: model} already loaded on
+    `device`, which every run then shares (`events.Studio`)."""
+    studio = Studio(models, runs_dir, device=device, loaded=loaded)
     page = build(studio)
     page.queue(default_concurrency_limit=len(studio.models))
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])

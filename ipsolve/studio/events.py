@@ -54,16 +54,36 @@ def message(error: BaseException) -> str:
 
 
 class Studio:
-    """The server: the models it offers, where runs go, one lock per model (one run at a time on it), and
-    each browser session's current jobs (sessions never see each other's runs)."""
+    """The server: the models it offers (each loaded once, then shared by every run), where runs go, one
+    lock per model (one run at a time on it), and each browser session's current jobs (sessions never see
+    each other's runs). loaded: {name: model} already loaded on `device` (`ipsolve studio` loads every
+    model at start to check it), so the first run does not load it again."""
 
-    def __init__(self, models, runs_dir, device=None):
+    def __init__(self, models, runs_dir, device=None, loaded=None):
         self.models = list(dict.fromkeys(models)) or ["embedded"]
         self.runs_dir = Path(runs_dir).resolve()
         self.device = device
         self._locks = {name: threading.Lock() for name in self.models}
         self._jobs: dict[str, dict] = {}  # session → {"restore": RestoreJob, "generate": GenerateSession}
         self._guard = threading.Lock()
+        self._loaded = {}  # (name, device) → model
+        self._loading = threading.Lock()
+        if loaded:
+            from ipsolve.services.checks import resolve_device
+
+            on = str(resolve_device(device))
+            self._loaded = {(name, on): model for name, model in loaded.items()}
+
+    def load_model(self, name, device):
+        """The model `name` on `device` (a torch.device), loaded by the first call (`ipsolve.models.load_model`)
+        and shared by the later ones; a call made while it loads waits for it."""
+        key = (name, str(device))
+        with self._loading:
+            if key not in self._loaded:
+                from ipsolve.models import load_model
+
+                self._loaded[key] = load_model(name, device=device)
+            return self._loaded[key]
 
     def check_model(self, name) -> str:
         if name not in self.models:
@@ -304,11 +324,11 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
         else:
             measurement_file, given = _copy_measurement(form, job_dir / "input")
         request = restore_request_for(studio, form, measurement_file, job_dir / "run", given)
-        inputs = restore_inputs(request)
+        inputs = restore_inputs(request, studio.load_model)
         twin = None
-        if form.compare:
+        if form.compare:  # the same model object: the two runs read its weights, neither changes them
             twin_request = dataclasses.replace(request, out=str(job_dir / "vanilla"), vanilla=True)
-            twin = (twin_request, restore_inputs(twin_request))
+            twin = (twin_request, restore_inputs(twin_request, studio.load_model))
         return RestoreJob(job_dir, request, inputs, clean, twin)
     except (ValueError, OSError) as error:
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -473,7 +493,6 @@ class GenerateSession:
 
         from ipsolve.feedback import Choice, Feedback
         from ipsolve.generation import generate, model_family
-        from ipsolve.models import load_model
         from ipsolve.resources import check_fits, check_steps
         from ipsolve.services.checks import resolve_device
         from ipsolve.services.generate_run import conditioning
@@ -483,7 +502,7 @@ class GenerateSession:
         self.job_dir = studio.new_job_dir("generate")
         self.request = request = generate_request_for(studio, form, self.job_dir / "run")
         self.device = device = resolve_device(request.device)
-        self.model = model = load_model(request.model, device=device)
+        self.model = model = studio.load_model(request.model, device)
         check_steps(model, request.outer, request.inner)
         check_fits(model, tuple(model.image_shape), request.n, device, force=False)
         self.family = model_family(model)
