@@ -129,7 +129,8 @@ class Studio:
 @dataclass
 class RestoreForm:
     """The restore tab's values. image: the uploaded file; treat_as "clean" (degrade it here with task,
-    sigma_y in pixel units, degrade_seed) or "measurement" (with its sidecar, or task / sigma_y / mask
+    sigma_y in pixel units, degrade_seed, and for inpainting the mask uploaded or painted with the brush:
+    `painted`, the brush editor's value) or "measurement" (with its sidecar, or task / sigma_y / mask
     given here). budget None or 0 = outer x inner; eta None = the solver's default."""
 
     image: str | None
@@ -139,6 +140,7 @@ class RestoreForm:
     degrade_seed: int = 0
     sidecar: str | None = None
     mask: str | None = None
+    painted: dict | None = None
     model: str = "embedded"
     solver: str = "ddrm"
     outer: int = 4
@@ -322,6 +324,9 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
             clean, measurement_file = _degrade_here(form, job_dir / "input")
             given = {}
         else:
+            if painted_mask(form.painted) is not None:
+                raise ValueError("the brush paints the mask of a clean image; a measurement's mask is its "
+                                 "sidecar's or an uploaded file: clear the brush")
             measurement_file, given = _copy_measurement(form, job_dir / "input")
         request = restore_request_for(studio, form, measurement_file, job_dir / "run", given)
         inputs = restore_inputs(request, studio.load_model)
@@ -360,21 +365,60 @@ def _degrade_here(form, input_dir: Path):
     sigma_y = _checked(unit_float, form.sigma_y, "σ_y")
     seed = _checked(seed_int, form.degrade_seed, "the degradation seed")
     image = load_image(form.image)
-    mask = None
-    if form.mask:  # as `ipsolve degrade --mask`: white = observed
-        if not form.task.startswith("inp"):
-            raise ValueError(f"a mask is for inpainting (inp, inp_box, inp_mask), not {form.task}")
-        import degradations
-
-        mask = degradations.load_mask(form.mask)
-    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed, mask=mask)
     input_dir.mkdir(parents=True)
+    mask = _degrade_mask(form, tuple(image.shape[1:]), input_dir)
+    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed, mask=mask)
     measurement_file = input_dir / "measurement.png"
     write_measurement(measurement_file, y, op, 2 * sigma_y)
     from ipsolve.imageio import save_image
 
     save_image(image, input_dir / "clean.png")
     return image, measurement_file
+
+
+def _degrade_mask(form, size, input_dir: Path):
+    """The mask to degrade the clean image with, read as `ipsolve degrade --mask` reads it (white =
+    observed): the uploaded file, or the one painted with the brush, written as input/drawn.mask.png so
+    that `ipsolve degrade --mask input/drawn.mask.png` makes the same measurement; None: the task's own."""
+    drawn = painted_mask(form.painted)
+    if drawn is None and not form.mask:
+        return None
+    if drawn is not None and form.mask:
+        raise ValueError("a mask is both painted and uploaded: clear the brush or remove the mask file")
+    what = "a painted mask" if drawn is not None else "a mask"
+    if not form.task.split("+")[-1].startswith("inp"):
+        raise ValueError(f"{what} is for inpainting (inp, inp_box, inp_mask), not {form.task}")
+    mask_file = form.mask
+    if drawn is not None:
+        if drawn.shape != size:
+            raise ValueError(f"the painted mask is {drawn.shape[0]}x{drawn.shape[1]} but the image is "
+                             f"{size[0]}x{size[1]}: clear the brush and paint on the image again")
+        mask_file = input_dir / "drawn.mask.png"
+        write_mask(drawn, mask_file)
+    import degradations
+
+    return degradations.load_mask(mask_file)
+
+
+def painted_mask(editor):
+    """The mask painted with the brush: bool (H, W) numpy array, True = observed, False where any layer
+    of the editor's value (a dict with background, layers, composite: RGBA numpy arrays) has a pixel with
+    alpha > 0; None when nothing is painted. The layers are the canvas's size, checked by the caller."""
+    import numpy as np
+
+    layers = [np.asarray(layer) for layer in ((editor or {}).get("layers") or []) if layer is not None]
+    painted = [layer[..., 3] > 0 for layer in layers]
+    if not any(layer.any() for layer in painted):
+        return None
+    return ~np.logical_or.reduce(painted)
+
+
+def write_mask(mask, path: Path) -> None:
+    """A mask file as `ipsolve degrade --mask` reads it: white (255) = observed, black (0) = missing."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)
 
 
 def _copy_measurement(form, input_dir: Path):
