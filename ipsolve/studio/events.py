@@ -393,6 +393,8 @@ def _degrade_mask(form, size, input_dir: Path):
         if drawn.shape != size:
             raise ValueError(f"the painted mask is {drawn.shape[0]}x{drawn.shape[1]} but the image is "
                              f"{size[0]}x{size[1]}: clear the brush and paint on the image again")
+        if not drawn.any():
+            raise ValueError("the brush painted every pixel: leave some of the image observed")
         mask_file = input_dir / "drawn.mask.png"
         write_mask(drawn, mask_file)
     import degradations
@@ -411,6 +413,18 @@ def painted_mask(editor):
     if not any(layer.any() for layer in painted):
         return None
     return ~np.logical_or.reduce(painted)
+
+
+def brush_size(image) -> int | None:
+    """The mask brush's width for the image file: a sixteenth of its smaller side (2 pixels on the digit);
+    None when the file is not an image (no brush then: Start says what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as opened:
+            return max(1, min(opened.size) // 16)
+    except (OSError, ValueError):
+        return None
 
 
 def write_mask(mask, path: Path) -> None:
