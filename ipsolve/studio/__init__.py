@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 
 STUDIO_EPILOG = """\
-the page (http://HOST:PORT) has a Restore tab (upload or pick an example, degrade it on the page or load a
-measurement with its sidecar, watch every preview arrive, Stop keeps the latest) and a Generate tab (keep
-candidates after each outer step, change the prompt or class, continue). Every run writes the folder
-`ipsolve restore` / `ipsolve generate` would write under --runs. Nothing is sent anywhere: analytics,
-update checks and share links are off.
+the page (http://HOST:PORT) has a Restore tab (upload or pick an example, degrade it on the page — for
+inpainting, with a mask painted on it with the brush — or load a measurement with its sidecar, watch every
+preview arrive, Stop keeps the latest) and a Generate tab (keep candidates after each outer step, change
+the prompt or class, continue). Every model is loaded once, at start, and shared by all runs. Every run
+writes the folder `ipsolve restore` / `ipsolve generate` would write under --runs. Nothing is sent
+anywhere: analytics, update checks and share links are off.
 """
 
 
@@ -37,7 +38,7 @@ def add_studio_arguments(parser):
 
 
 def run_studio_command(args) -> int:
-    """Check the models, then serve the page until Ctrl-C."""
+    """Load the models (the page keeps them), then serve the page until Ctrl-C."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "2")  # a closed tab is noticed (and its run stopped) in ~2 s

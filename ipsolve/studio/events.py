@@ -5,8 +5,9 @@ line does), calls the service the command line calls (`ipsolve.services`), and h
 
 - restore: `prepare_restore(studio, form)` checks everything and writes the job's input (the uploaded
   measurement, or the clean image degraded on the page with `ipsolve.degrade`, written with its sidecar
-  as `ipsolve degrade` writes it); the form becomes a `RestoreRequest`, checked by the service's
-  `restore_inputs`; `RestoreJob.views()` then runs it (`run_restore_request`, the body of `ipsolve
+  as `ipsolve degrade` writes it; a mask painted with the brush is written as input/drawn.mask.png and
+  used as `--mask` is); the form becomes a `RestoreRequest`, checked by the service's `restore_inputs`
+  with the model from `Studio.load_model` (each model loaded once); `RestoreJob.views()` then runs it (`run_restore_request`, the body of `ipsolve
   restore`) in a thread and yields a `RestoreView` after every preview. Same settings and seed → the
   same run folder as `ipsolve restore`, file for file.
 - generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate` made from a
