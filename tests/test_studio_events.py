@@ -350,6 +350,7 @@ def test_nothing_painted_degrades_as_without_the_brush(studio):
     ("not-inpainting", "a painted mask is for inpainting (inp, inp_box, inp_mask), not sr4"),
     ("other-size", "the painted mask is 64x48 but the image is 32x32"),
     ("measurement", "the brush paints the mask of a clean image"),
+    ("everything", "the brush painted every pixel"),
 ])
 def test_a_painted_mask_that_cannot_be_used_is_one_line_and_leaves_nothing_behind(studio, tmp_path, case, words):
     digit = str(EXAMPLES / "digit_clean.png")
@@ -357,6 +358,7 @@ def test_a_painted_mask_that_cannot_be_used_is_one_line_and_leaves_nothing_behin
                                         mask=str(EXAMPLES / "digit_inp.mask.png")),
             "not-inpainting": RestoreForm(image=digit, task="sr4", painted=brush()),
             "other-size": RestoreForm(image=digit, task="inp", painted=brush(size=(64, 48))),
+            "everything": RestoreForm(image=digit, task="inp", painted=brush(box=(0, 32, 0, 32))),
             "measurement": RestoreForm(image=str(EXAMPLES / "digit_inp.png"), treat_as="measurement",
                                        sidecar=str(EXAMPLES / "digit_inp.png.json"),
                                        mask=str(EXAMPLES / "digit_inp.mask.png"), painted=brush())}[case]

@@ -7,9 +7,9 @@ line does), calls the service the command line calls (`ipsolve.services`), and h
   measurement, or the clean image degraded on the page with `ipsolve.degrade`, written with its sidecar
   as `ipsolve degrade` writes it; a mask painted with the brush is written as input/drawn.mask.png and
   used as `--mask` is); the form becomes a `RestoreRequest`, checked by the service's `restore_inputs`
-  with the model from `Studio.load_model` (each model loaded once); `RestoreJob.views()` then runs it (`run_restore_request`, the body of `ipsolve
-  restore`) in a thread and yields a `RestoreView` after every preview. Same settings and seed → the
-  same run folder as `ipsolve restore`, file for file.
+  with the model from `Studio.load_model` (each model loaded once); `RestoreJob.views()` then runs it
+  (`run_restore_request`, the body of `ipsolve restore`) in a thread and yields a `RestoreView` after
+  every preview. Same settings and seed → the same run folder as `ipsolve restore`, file for file.
 - generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate` made from a
   `GenerateRequest`, one outer step per call, applying the user's picks and prompt / class changes
   through `ipsolve.feedback.Feedback` (as `--pick` / `--prompt-at` do), writing the run folder with the
