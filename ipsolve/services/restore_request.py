@@ -4,7 +4,8 @@ studio's Restore tab.
 `RestoreRequest` holds the options of a restore (the fields, names and defaults of `ipsolve restore`'s
 arguments; noise in [0, 1] pixel units). `restore_inputs(request)` checks them all — schedule, solver
 options, the measurement and its sidecar, the output folder, the model, what fits — before anything is
-written, and hands back the loaded `RestoreInputs`; `run_restore_request(request, inputs, …)` then runs
+written, and hands back the loaded `RestoreInputs` (the model from `ipsolve.models.load_model`, or from
+the caller's `load_model`: the studio's models are loaded once); `run_restore_request(request, inputs, …)` then runs
 `restore_run.run_restore_job` with run.json's record (`run_record`). `restore_measurement_folder(request)`
 does the same for every measurement of a folder (`batch_restore`).
 
@@ -69,10 +70,11 @@ class RestoreInputs(NamedTuple):
     marks: list        # the NFE of every preview
 
 
-def restore_inputs(request: RestoreRequest) -> RestoreInputs:
+def restore_inputs(request: RestoreRequest, load_model=None) -> RestoreInputs:
     """The request checked and loaded, or ValueError / OSError.
 
-    Everything is checked here, before anything is written."""
+    Everything is checked here, before anything is written. load_model(name, device) gives the model
+    (default `ipsolve.models.load_model`; the studio passes its cache of loaded models)."""
     from ipsolve.restore import check_schedule
 
     check_schedule(request.outer, request.inner, request.budget)
@@ -81,13 +83,14 @@ def restore_inputs(request: RestoreRequest) -> RestoreInputs:
     mask = None if request.mask is None else str(existing_file(request.mask, "mask"))
     check_writable_folder(request.out)
 
-    from ipsolve.models import load_model  # after the quick checks above: slow imports
-    from ipsolve.resources import check_fits, check_steps
+    from ipsolve.resources import check_fits, check_steps  # after the quick checks above: slow imports
     from ipsolve.restore import check_model_fits, check_plan, preview_marks
 
+    if load_model is None:
+        from ipsolve.models import load_model
     measurement, mask = read_checked(request, source, mask)
     device = resolve_device(request.device)
-    model = load_model(request.model, device=device)
+    model = load_model(request.model, device)
     check_steps(model, request.outer, request.inner)
     if not request.vanilla:
         check_plan(model, request.solver, request.outer, request.inner, request.budget, request.schedule)

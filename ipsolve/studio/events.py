@@ -5,10 +5,11 @@ line does), calls the service the command line calls (`ipsolve.services`), and h
 
 - restore: `prepare_restore(studio, form)` checks everything and writes the job's input (the uploaded
   measurement, or the clean image degraded on the page with `ipsolve.degrade`, written with its sidecar
-  as `ipsolve degrade` writes it); the form becomes a `RestoreRequest`, checked by the service's
-  `restore_inputs`; `RestoreJob.views()` then runs it (`run_restore_request`, the body of `ipsolve
-  restore`) in a thread and yields a `RestoreView` after every preview. Same settings and seed → the
-  same run folder as `ipsolve restore`, file for file.
+  as `ipsolve degrade` writes it; a mask painted with the brush is written as input/drawn.mask.png and
+  used as `--mask` is); the form becomes a `RestoreRequest`, checked by the service's `restore_inputs`
+  with the model from `Studio.load_model` (each model loaded once); `RestoreJob.views()` then runs it
+  (`run_restore_request`, the body of `ipsolve restore`) in a thread and yields a `RestoreView` after
+  every preview. Same settings and seed → the same run folder as `ipsolve restore`, file for file.
 - generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate` made from a
   `GenerateRequest`, one outer step per call, applying the user's picks and prompt / class changes
   through `ipsolve.feedback.Feedback` (as `--pick` / `--prompt-at` do), writing the run folder with the
@@ -54,16 +55,36 @@ def message(error: BaseException) -> str:
 
 
 class Studio:
-    """The server: the models it offers, where runs go, one lock per model (one run at a time on it), and
-    each browser session's current jobs (sessions never see each other's runs)."""
+    """The server: the models it offers (each loaded once, then shared by every run), where runs go, one
+    lock per model (one run at a time on it), and each browser session's current jobs (sessions never see
+    each other's runs). loaded: {name: model} already loaded on `device` (`ipsolve studio` loads every
+    model at start to check it), so the first run does not load it again."""
 
-    def __init__(self, models, runs_dir, device=None):
+    def __init__(self, models, runs_dir, device=None, loaded=None):
         self.models = list(dict.fromkeys(models)) or ["embedded"]
         self.runs_dir = Path(runs_dir).resolve()
         self.device = device
         self._locks = {name: threading.Lock() for name in self.models}
         self._jobs: dict[str, dict] = {}  # session → {"restore": RestoreJob, "generate": GenerateSession}
         self._guard = threading.Lock()
+        self._loaded = {}  # (name, device) → model
+        self._loading = threading.Lock()
+        if loaded:
+            from ipsolve.services.checks import resolve_device
+
+            on = str(resolve_device(device))
+            self._loaded = {(name, on): model for name, model in loaded.items()}
+
+    def load_model(self, name, device):
+        """The model `name` on `device` (a torch.device), loaded by the first call (`ipsolve.models.load_model`)
+        and shared by the later ones; a call made while it loads waits for it."""
+        key = (name, str(device))
+        with self._loading:
+            if key not in self._loaded:
+                from ipsolve.models import load_model
+
+                self._loaded[key] = load_model(name, device=device)
+            return self._loaded[key]
 
     def check_model(self, name) -> str:
         if name not in self.models:
@@ -109,7 +130,8 @@ class Studio:
 @dataclass
 class RestoreForm:
     """The restore tab's values. image: the uploaded file; treat_as "clean" (degrade it here with task,
-    sigma_y in pixel units, degrade_seed) or "measurement" (with its sidecar, or task / sigma_y / mask
+    sigma_y in pixel units, degrade_seed, and for inpainting the mask uploaded or painted with the brush:
+    `painted`, the brush editor's value) or "measurement" (with its sidecar, or task / sigma_y / mask
     given here). budget None or 0 = outer x inner; eta None = the solver's default."""
 
     image: str | None
@@ -119,6 +141,7 @@ class RestoreForm:
     degrade_seed: int = 0
     sidecar: str | None = None
     mask: str | None = None
+    painted: dict | None = None
     model: str = "embedded"
     solver: str = "ddrm"
     outer: int = 4
@@ -302,13 +325,16 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
             clean, measurement_file = _degrade_here(form, job_dir / "input")
             given = {}
         else:
+            if painted_mask(form.painted) is not None:
+                raise ValueError("the brush paints the mask of a clean image; a measurement's mask is its "
+                                 "sidecar's or an uploaded file: clear the brush")
             measurement_file, given = _copy_measurement(form, job_dir / "input")
         request = restore_request_for(studio, form, measurement_file, job_dir / "run", given)
-        inputs = restore_inputs(request)
+        inputs = restore_inputs(request, studio.load_model)
         twin = None
-        if form.compare:
+        if form.compare:  # the same model object: the two runs read its weights, neither changes them
             twin_request = dataclasses.replace(request, out=str(job_dir / "vanilla"), vanilla=True)
-            twin = (twin_request, restore_inputs(twin_request))
+            twin = (twin_request, restore_inputs(twin_request, studio.load_model))
         return RestoreJob(job_dir, request, inputs, clean, twin)
     except (ValueError, OSError) as error:
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -340,21 +366,74 @@ def _degrade_here(form, input_dir: Path):
     sigma_y = _checked(unit_float, form.sigma_y, "σ_y")
     seed = _checked(seed_int, form.degrade_seed, "the degradation seed")
     image = load_image(form.image)
-    mask = None
-    if form.mask:  # as `ipsolve degrade --mask`: white = observed
-        if not form.task.startswith("inp"):
-            raise ValueError(f"a mask is for inpainting (inp, inp_box, inp_mask), not {form.task}")
-        import degradations
-
-        mask = degradations.load_mask(form.mask)
-    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed, mask=mask)
     input_dir.mkdir(parents=True)
+    mask = _degrade_mask(form, tuple(image.shape[1:]), input_dir)
+    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed, mask=mask)
     measurement_file = input_dir / "measurement.png"
     write_measurement(measurement_file, y, op, 2 * sigma_y)
     from ipsolve.imageio import save_image
 
     save_image(image, input_dir / "clean.png")
     return image, measurement_file
+
+
+def _degrade_mask(form, size, input_dir: Path):
+    """The mask to degrade the clean image with, read as `ipsolve degrade --mask` reads it (white =
+    observed): the uploaded file, or the one painted with the brush, written as input/drawn.mask.png so
+    that `ipsolve degrade --mask input/drawn.mask.png` makes the same measurement; None: the task's own."""
+    drawn = painted_mask(form.painted)
+    if drawn is None and not form.mask:
+        return None
+    if drawn is not None and form.mask:
+        raise ValueError("a mask is both painted and uploaded: clear the brush or remove the mask file")
+    what = "a painted mask" if drawn is not None else "a mask"
+    if not form.task.split("+")[-1].startswith("inp"):
+        raise ValueError(f"{what} is for inpainting (inp, inp_box, inp_mask), not {form.task}")
+    mask_file = form.mask
+    if drawn is not None:
+        if drawn.shape != size:
+            raise ValueError(f"the painted mask is {drawn.shape[0]}x{drawn.shape[1]} but the image is "
+                             f"{size[0]}x{size[1]}: clear the brush and paint on the image again")
+        if not drawn.any():
+            raise ValueError("the brush painted every pixel: leave some of the image observed")
+        mask_file = input_dir / "drawn.mask.png"
+        write_mask(drawn, mask_file)
+    import degradations
+
+    return degradations.load_mask(mask_file)
+
+
+def painted_mask(editor):
+    """The mask painted with the brush: bool (H, W) numpy array, True = observed, False where any layer
+    of the editor's value (a dict with background, layers, composite: RGBA numpy arrays) has a pixel with
+    alpha > 0; None when nothing is painted. The layers are the canvas's size, checked by the caller."""
+    import numpy as np
+
+    layers = [np.asarray(layer) for layer in ((editor or {}).get("layers") or []) if layer is not None]
+    painted = [layer[..., 3] > 0 for layer in layers]
+    if not any(layer.any() for layer in painted):
+        return None
+    return ~np.logical_or.reduce(painted)
+
+
+def brush_size(image) -> int | None:
+    """The mask brush's width for the image file: a sixteenth of its smaller side (2 pixels on the digit);
+    None when the file is not an image (no brush then: Start says what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as opened:
+            return max(1, min(opened.size) // 16)
+    except (OSError, ValueError):
+        return None
+
+
+def write_mask(mask, path: Path) -> None:
+    """A mask file as `ipsolve degrade --mask` reads it: white (255) = observed, black (0) = missing."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)
 
 
 def _copy_measurement(form, input_dir: Path):
@@ -473,7 +552,6 @@ class GenerateSession:
 
         from ipsolve.feedback import Choice, Feedback
         from ipsolve.generation import generate, model_family
-        from ipsolve.models import load_model
         from ipsolve.resources import check_fits, check_steps
         from ipsolve.services.checks import resolve_device
         from ipsolve.services.generate_run import conditioning
@@ -483,7 +561,7 @@ class GenerateSession:
         self.job_dir = studio.new_job_dir("generate")
         self.request = request = generate_request_for(studio, form, self.job_dir / "run")
         self.device = device = resolve_device(request.device)
-        self.model = model = load_model(request.model, device=device)
+        self.model = model = studio.load_model(request.model, device)
         check_steps(model, request.outer, request.inner)
         check_fits(model, tuple(model.image_shape), request.n, device, force=False)
         self.family = model_family(model)
