@@ -302,13 +302,13 @@ def test_a_mask_painted_with_the_brush_is_what_the_inpainting_run_misses(server,
     browser.find_element(By.CSS_SELECTOR, "#restore-example input").click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#restore-example li[aria-label='digit (clean)']"),
              "the examples")[0].click()
-    canvas = wait_for(lambda: [c for c in browser.find_elements(By.CSS_SELECTOR, "#restore-brush .pixi-target canvas")
-                               if c.is_displayed()], "the brush over the digit")[0]
-    time.sleep(1.5)  # the digit is drawn into the canvas just after the canvas appears
     task = browser.find_element(By.CSS_SELECTOR, "#restore-task input")
     task.click()
     task.send_keys(Keys.CONTROL, "a")
     task.send_keys("inp", Keys.ENTER)
+    canvas = wait_for(lambda: [c for c in browser.find_elements(By.CSS_SELECTOR, "#restore-brush .pixi-target canvas")
+                               if c.is_displayed()], "the brush over the digit (an inpainting task)")[0]
+    time.sleep(1.5)  # the digit is drawn into the canvas just after the canvas appears
     set_number(browser, "#restore-outer", 1)
     set_number(browser, "#restore-inner", 2)
     set_number(browser, "#restore-samples", 1)

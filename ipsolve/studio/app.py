@@ -68,8 +68,8 @@ def restore_widgets(page, studio, workers):
                 sidecar = gr.File(label="sidecar of a measurement (MEASUREMENT.png.json)", type="filepath")
                 mask = gr.File(label="inpainting mask, white = observed (a clean image's or a measurement's)",
                                type="filepath")
-            painted = gr.ImageMask(label="inpainting (task inp…): paint the region to fill; nothing painted = "
-                                   "the task's own mask", type="numpy", image_mode="RGBA", sources=[],
+            painted = gr.ImageMask(label="paint the region to fill (nothing painted = the task's own mask)",
+                                   type="numpy", image_mode="RGBA", sources=[],
                                    transforms=[], eraser=False, layers=False, format="png", height=320,
                                    brush=_brush(),
                                    visible=False, elem_id="restore-brush", elem_classes=["pixelated"])
@@ -111,14 +111,17 @@ def restore_widgets(page, studio, workers):
 
     example.change(pick_example, example, [image, treat_as, sidecar, mask], queue=False)
 
-    def show_brush(path, treat):  # a clean image gets the brush, painted afresh when the image changes
-        size = events.brush_size(path) if path and treat == "clean" else None
+    def show_brush(path, treat, task_name):
+        """A clean image to inpaint gets the brush, painted afresh whenever the image, its role or the task
+        changes."""
+        inpainting = bool(task_name) and task_name.split("+")[-1].startswith("inp")
+        size = events.brush_size(path) if path and treat == "clean" and inpainting else None
         if size is None:
             return gr.ImageMask(value=None, visible=False)
         return gr.ImageMask(value=path, visible=True, brush=_brush(size))
 
-    for chosen in (image, treat_as):
-        chosen.change(show_brush, [image, treat_as], painted, queue=False)
+    for chosen in (image, treat_as, task):
+        chosen.change(show_brush, [image, treat_as, task], painted, queue=False)
 
     def run(request: gr.Request, *values):
         try:
@@ -133,6 +136,7 @@ def restore_widgets(page, studio, workers):
     values = [image, treat_as, task, sigma_y, degrade_seed, sidecar, mask, painted, model, solver, outer, inner, budget,
               eta, seed, samples, compare]
     start.click(run, values, outputs, concurrency_limit=workers, concurrency_id=RUN_GROUP, show_progress="hidden")
+
     def stop_run(request: gr.Request):
         studio.stop(_session(request), "restore")
 
@@ -140,8 +144,9 @@ def restore_widgets(page, studio, workers):
 
 
 def _brush(size="auto"):
-    """The mask brush: white, `size` image pixels wide."""
-    return gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed", default_size=size)
+    """The mask brush: red (visible on dark and light images; any painted pixel counts, whatever its colour),
+    `size` image pixels wide."""
+    return gr.Brush(colors=["#ff3b30"], default_color="#ff3b30", color_mode="fixed", default_size=size)
 
 
 def _restore_outputs(view: RestoreView):
