@@ -127,22 +127,37 @@ def small_unet(device: torch.device, dtype: torch.dtype, channels: int, precisio
                           precision=precision, channels_last=device.type == "cuda")
 
 
-def solver_runs(model, op, y, shape):
-    """Every solver, each a deterministic function of (model, draws); returns name → final x̂₀."""
+def solver_runs(model, problems, shape):
+    """Every solver, each a deterministic function of (model, draws); returns name → final x̂₀.
+    problems: {"sr4" | "blur+mask" | "saturate": (operator, y)}, y on the model's device and dtype."""
+    (op, y), (composed, y_composed), (sensor, y_sensor) = (problems[name] for name in ("sr4", "blur+mask", "saturate"))
     dtype, device = y.dtype, y.device
     x_T = (lambda: fixed_noise(1)(shape).to(device, dtype))
     sigma_y = 0.1
     steps = solvers.ddrm_timesteps(10)
     runs = {
         "ddrm, 10 calls": lambda: solvers.ddrm(model, y, op, sigma_y, steps, noise=fixed_noise(2)),
+        "ddnm η=0.85, 10 calls": lambda: solvers.ddnm(model, y, op, sigma_y, steps, x_T=x_T(), noise=fixed_noise(2)),
+        "pigdm, 10 calls": lambda: solvers.pigdm(model, y, op, sigma_y, steps, x_T=x_T(), noise=fixed_noise(2)),
+        "pigdm on blur+mask (conjugate gradients), 10 calls": lambda: solvers.pigdm(
+            model, y_composed, composed, sigma_y, steps, x_T=x_T(), noise=fixed_noise(2)),
+        "dps, 10 calls": lambda: solvers.dps(model, y, op, steps, x_T=x_T(), noise=fixed_noise(2)),
+        "dps on the saturating sensor, 10 calls": lambda: solvers.dps(model, y_sensor, sensor, steps, x_T=x_T(),
+                                                                      noise=fixed_noise(2)),
         "ddim η=0.5, 10 calls": lambda: solvers.ddim(model, x_T(), steps, eta=0.5, noise=fixed_noise(2)),
         "ddpm, 10 calls": lambda: solvers.ddpm(model, x_T(), steps, noise=fixed_noise(2)),
         "dpm_solver 2M, 10 calls": lambda: solvers.dpm_solver(model, x_T(), steps, variant="2M"),
         "dpm_solver 2S, 10 calls": lambda: solvers.dpm_solver(model, x_T(), steps, variant="2S"),
     }
-    for inner, options in (("ddrm", {"y": y, "op": op, "sigma_y": sigma_y}), ("ddim", {"eta": 0.5}),
-                           ("ddpm", {}), ("dpm_solver", {})):
-        start = {} if inner == "ddrm" else {"x_T": None, "shape": shape, "dtype": dtype, "device": device}
+    restorers = {"ddrm": {"y": y, "op": op, "sigma_y": sigma_y}, "ddnm": {"y": y, "op": op, "sigma_y": sigma_y},
+                 "pigdm": {"y": y, "op": op, "sigma_y": sigma_y}, "dps": {"y": y, "forward": op}}
+    for inner, options in (*restorers.items(), ("ddim", {"eta": 0.5}), ("ddpm", {}), ("dpm_solver", {})):
+        if inner == "ddrm":
+            start = {}  # DDRM's y-aware start
+        elif inner in restorers:
+            start = {"x_T": x_T()}
+        else:
+            start = {"shape": shape, "dtype": dtype, "device": device}
         runs[f"nested({inner}), 3×4 calls"] = (lambda inner=inner, options=options, start=start: list(solvers.nested(
             model, inner=inner, outer_steps=3, inner_steps=4, noise=fixed_noise(3), **start, **options))[-1].x0)
     return runs
@@ -159,10 +174,13 @@ def every_solver(table: Table, device: torch.device) -> None:
 
 def _compare_solvers(table: Table, device: torch.device) -> None:
     shape, channels = (2, 3, 16, 16), 3
-    op = degradations.make("sr4", channels=channels, image_size=(16, 16))
-    y64 = op.H(torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.5)
-    reference = solver_runs(small_unet(torch.device("cpu"), torch.float64, channels), op, y64, shape)
-    on_device = solver_runs(small_unet(device, torch.float32, channels), op, y64.to(device, torch.float32), shape)
+    clean = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.5
+    problems = {name: degradations.make(task, channels=channels, image_size=(16, 16))
+                for name, task in (("sr4", "sr4"), ("blur+mask", "deblur_uni+inp"), ("saturate", "saturate"))}
+    problems64 = {name: (op, op.H(clean)) for name, op in problems.items()}
+    reference = solver_runs(small_unet(torch.device("cpu"), torch.float64, channels), problems64, shape)
+    on_device = solver_runs(small_unet(device, torch.float32, channels),
+                            {name: (op, y.to(device, torch.float32)) for name, (op, y) in problems64.items()}, shape)
     with torch.no_grad():
         for name, run in reference.items():
             error = relative_error(on_device[name](), run())
