@@ -58,7 +58,7 @@ PHASES = {
                 "degradations/composition.py", "degradations/saturation.py", "degradations/linalg.py"],
         tests=["test_solvers_ddnm.py", "test_solvers_guided.py", "test_solvers_guided_exactness.py",
                "test_operators_composed.py", "test_nested.py", "test_anytime_schedule.py",
-               "test_nested_restorers.py", "test_noise_paths.py", "test_restore.py"],
+               "test_nested_restorers.py", "test_noise_paths.py", "test_restore.py", "test_linalg.py"],
         names=["solvers.ddnm.*", "solvers.dps.*", "degradations.composition.*", "degradations.saturation.*",
                "degradations.linalg.*"]
               + [f"solvers.timesteps.x_{f}__mutmut_*" for f in (
