@@ -190,6 +190,25 @@ def test_one_step_by_hand_ddnm_plus(t_next):
     torch.testing.assert_close(infos[1]["x"], expected, rtol=1e-12, atol=1e-12)
 
 
+def test_a_coordinate_exactly_as_noisy_as_y_takes_the_plain_ddnm_step():
+    """σ' = a'σ_y/s exactly (denoising, s = 1, σ_y = σ'/a' at t' = 50): neither DDNM+ case applies and the
+    published code (`published_ddnm` above) takes the plain DDNM step, λ = 1, x' = a'y + σ'η z + σ'√(1−η²) ε̂."""
+    eta = 0.6
+    prior, op, y = gaussian_problem("deno", 0.2)
+    a_n = prior.alphas_cumprod[50]
+    a, sigma = a_n.sqrt(), (1 - a_n).sqrt()
+    sigma_y = float(sigma / a)
+    assert a * sigma_y == sigma  # exactly, in float64
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    z = torch.randn(1, 16, generator=g, dtype=torch.float64)
+    infos = []
+    solvers.ddnm(prior, y, op, sigma_y, [600, 50], eta=eta, x_T=x_t, noise=lambda shape: z, callback=infos.append)
+    eps = prior(x_t, torch.tensor([600]))
+    expected = a * y + sigma * eta * z.reshape(y.shape) + sigma * math.sqrt(1 - eta**2) * eps
+    torch.testing.assert_close(infos[1]["x"], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_operator_without_svd_fails_at_once():
     prior, op, y = gaussian_problem("sr2", 0.0)
     blind = degradations.compose(op, degradations.make("deno", channels=1, image_size=(2, 2)))
