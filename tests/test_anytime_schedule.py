@@ -114,3 +114,21 @@ def test_generation_keeps_the_paper_schedule_by_default(prior):
     assert matched.inner_timesteps[0] == solvers.inner_timesteps(999, 4)
     first = next(matched).x0
     assert torch.equal(first, solvers.ddim(prior, x_T, solvers.inner_timesteps(999, 4)))
+
+
+@pytest.mark.parametrize("inner, options", [
+    ("ddrm", dict(outer_steps=3, inner_steps=10)), ("ddrm", dict(outer_steps=4, inner_steps=5, budget=16)),
+    ("ddrm", dict(outer_steps=3, inner_steps=10, schedule="paper")),
+    ("ddrm", dict(outer_steps=4, inner_steps=20, inner_schedule="front")),
+    ("ddim", dict(outer_steps=3, inner_steps=4)), ("ddim", dict(outer_steps=3, inner_steps=4, schedule="matched"))])
+def test_plan_is_what_nested_runs(prior, measurement, inner, options):
+    """restore checks a request with solvers.plan before writing anything: its (outer times, inner grids) are
+    the ones the nested run then uses (schedule by default matched for ddrm, paper for generation)."""
+    given = measurement if inner == "ddrm" else {"shape": (1, 1, 4, 4)}
+    run = solvers.nested(prior, inner, **options, **given)
+    assert solvers.plan(prior, inner, **options) == (run.outer_timesteps, run.inner_timesteps)
+
+
+def test_plan_defaults_to_ddrm_on_the_matched_schedule(prior):
+    grids = solvers.matched_inner_timesteps([10, 10, 10])
+    assert solvers.plan(prior, outer_steps=3, inner_steps=10) == ([g[0] for g in grids], grids)
