@@ -49,7 +49,8 @@ PHASES = {
     "degradations": dict(
         mutate=["degradations/base.py", "degradations/denoising.py", "degradations/superresolution.py",
                 "degradations/colorization.py", "degradations/inpainting.py"],
-        tests=["test_operators.py", "test_operators_reference.py", "test_ddrm_reference.py", "test_measurement.py"],
+        tests=["test_operators.py", "test_operators_reference.py", "test_ddrm_reference.py", "test_measurement.py",
+               "test_operators_composed.py"],
         names=None),
     # the solvers and operators added after the solvers phase, and what changed in nested / timesteps since;
     # solvers/pigdm.py is left out while its step safeguard is being changed (add it once that has landed)

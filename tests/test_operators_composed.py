@@ -85,6 +85,10 @@ def test_matmul_is_compose_in_matrix_order():
     torch.testing.assert_close(op.H(x), mask.H(blur.H(x)), rtol=0, atol=0)
     twice = degradations.make("deblur_uni", channels=1, image_size=(6, 6), width=5) @ blur
     assert (mask @ twice).name == "deblur_uni+deblur_uni+inp" and len((mask @ twice).parts) == 3
+    after = op @ twice  # a composition on the left: its parts come last
+    assert after.name == "deblur_uni+deblur_uni+deblur_uni+inp"
+    torch.testing.assert_close(after.H(x), op.H(twice.H(x)), rtol=0, atol=0)
+    assert repr(blur) == f"Deblurring({blur.spec()})" and repr(op) == f"ComposedOperator({op.spec()})"
 
 
 def test_make_by_name_chains_the_image_sizes():
