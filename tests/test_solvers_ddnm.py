@@ -145,6 +145,26 @@ def test_time_travel_reuses_the_uncorrected_x0():
     torch.testing.assert_close(infos[1]["x"], a.sqrt() * infos[0]["x0"], rtol=1e-12, atol=1e-12)
 
 
+def test_a_step_up_adds_fresh_noise_in_image_space():
+    """700 → 600 → 700: x₇₀₀ = √ᾱ₇₀₀ x̂₀ + √(1−ᾱ₇₀₀) V z, z the second step's draw (x̂₀ of the first call)."""
+    prior, op, y = gaussian_problem("sr2", 0.0)
+    draws = iter(torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    infos = []
+    solvers.ddnm(prior, y, op, 0.0, [700, 600, 700], eta=0.5, x_T=torch.zeros(1, 1, 4, 4, dtype=torch.float64),
+                 noise=lambda shape: next(draws), callback=infos.append)
+    z = torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)[1]
+    a = prior.alphas_cumprod[700]
+    torch.testing.assert_close(infos[1]["x"], a.sqrt() * infos[0]["x0"] + (1 - a).sqrt() * op.V(z),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_cond_reaches_every_model_call():
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    model, label = Recorder(prior), torch.tensor([7])
+    solvers.ddnm(model, y, op, 0.1, [700, 400, 700, 100], cond=label, generator=torch.Generator().manual_seed(0))
+    assert len(model.calls) == 3 and all(cond is label for _, cond in model.calls)
+
+
 @pytest.mark.parametrize("kind", ["sr2", "rank-deficient"])
 def test_noiseless_ddnm_is_consistent_with_y_and_keeps_the_null_space(kind):
     """σ_y = 0: the result satisfies H x = y exactly, and its null-space part is the last x̂₀'s; also for a
