@@ -100,6 +100,25 @@ def test_matched_grids_step_like_plain_ddrm_with_the_calls_made_so_far():
     assert many[-1] == [4, 3, 2, 1, 0] and all(a[0] >= b[0] for a, b in zip(many, many[1:]))
 
 
+def test_matched_grids_by_hand():
+    """Counts 6, 5: run 1 is plain DDRM for 6 calls (skip 166); run 2 ends after 11 calls, on plain DDRM's
+    grid for 11 (skip 90), tail 360…0; reach 0.8 starts it at round(0.8 × 360) = 288 instead, evenly spaced.
+    With the generation samplers' plain grid (evenly spaced on [0, 999]) run 2 (7 calls in all) is that
+    grid's exact tail, not re-spaced from its top. Near t = 0 a lower start keeps `count` distinct times."""
+    first = [830, 664, 498, 332, 166, 0]
+    assert solvers.matched_inner_timesteps([6, 5], reach=0.8) == [first, [288, 216, 144, 72, 0]]
+    assert solvers.matched_inner_timesteps([6, 5]) == [first, [360, 270, 180, 90, 0]]
+    generation = lambda n, num_train: solvers.inner_timesteps(num_train - 1, n)  # noqa: E731
+    assert solvers.inner_timesteps(999, 7) == [999, 832, 666, 500, 333, 166, 0]
+    assert solvers.matched_inner_timesteps([3, 4], generation) == [[999, 500, 0], [500, 333, 166, 0]]
+    assert solvers.matched_inner_timesteps([5] * 200, reach=0.8)[-1] == [4, 3, 2, 1, 0]
+
+
+def test_plain_and_matched_grids_follow_the_schedule_length():
+    assert solvers.plain_ddrm_timesteps(5, 50) == [40, 30, 20, 10, 0]
+    assert solvers.matched_inner_timesteps([2, 3], num_train=50) == [[25, 0], [20, 10, 0]]
+
+
 def test_very_many_outer_steps_run(prior, measurement):
     run = solvers.nested(prior, "ddrm", outer_steps=200, inner_steps=5, **measurement)
     previews = list(run)
