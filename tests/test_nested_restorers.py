@@ -23,13 +23,21 @@ def plain(inner, model, op, y, sigma_y, grid, **kwargs):
     return getattr(solvers, inner)(model, timesteps=grid, **kwargs)
 
 
+def draws(source):
+    """The same random draws, from a generator or through a noise callable (fresh for each run)."""
+    if source == "generator":
+        return {"generator": generator(1)}
+    g = generator(1)
+    return {"noise": lambda shape: torch.randn(shape, generator=g, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("source", ["generator", "noise"])
 @pytest.mark.parametrize("inner", ["ddnm", "pigdm", "dps"])
-def test_one_outer_step_is_the_plain_solver(inner):
+def test_one_outer_step_is_the_plain_solver(inner, source):
     prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
-    run = solvers.nested(prior, inner, outer_steps=1, inner_steps=8, generator=generator(1),
-                         **options(inner, op, y, 0.1))
+    run = solvers.nested(prior, inner, outer_steps=1, inner_steps=8, **draws(source), **options(inner, op, y, 0.1))
     (preview,) = list(run)
-    expected = plain(inner, prior, op, y, 0.1, run.inner_timesteps[0], generator=generator(1))
+    expected = plain(inner, prior, op, y, 0.1, run.inner_timesteps[0], **draws(source))
     assert torch.equal(preview.x0, expected) and preview.nfe == 8
 
 
