@@ -83,15 +83,18 @@ def test_pigdm_on_a_composition_equals_its_dense_svd():
     torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-8)
 
 
-def test_dps_one_step_by_hand():
+@pytest.mark.parametrize("step_size", [0.7, None])
+def test_dps_one_step_by_hand(step_size):
     """One DPS step on a Gaussian prior, where x̂₀ = μ + M (x_t − √ᾱ μ) with M = √ᾱ Σ (ᾱΣ + (1−ᾱ)I)⁻¹,
-    so ∇_{x_t} ‖y − A x̂₀‖ = −Mᵀ Aᵀ r / ‖r‖; the ancestral step uses the posterior variance β̃."""
+    so ∇_{x_t} ‖y − A x̂₀‖ = −Mᵀ Aᵀ r / ‖r‖; the ancestral step uses the posterior variance β̃. The default
+    step size is ζ = 1 (the released code's)."""
+    zeta, given = (1.0, {}) if step_size is None else (step_size, {"step_size": step_size})
     prior, op, y = gaussian_problem("sr2", 0.1)
     a_mat = DenseOperator.copy_of(op).matrix
     x_t = torch.randn(1, 16, generator=generator(10), dtype=F64)
     z = torch.randn(1, 1, 4, 4, generator=generator(11), dtype=F64)
     infos = []
-    solvers.dps(prior, y, op, [600, 350], step_size=0.7, x_T=x_t.reshape(1, 1, 4, 4), noise=lambda shape: z,
+    solvers.dps(prior, y, op, [600, 350], **given, x_T=x_t.reshape(1, 1, 4, 4), noise=lambda shape: z,
                 callback=infos.append)
     a, a_next = prior.alphas_cumprod[600], prior.alphas_cumprod[350]
     mu, sigma = prior.means[0], prior.covariances[0]
@@ -101,7 +104,7 @@ def test_dps_one_step_by_hand():
     grad = -(m.T @ a_mat.T @ r) / r.norm()
     beta = 1 - a / a_next
     mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x_t[0]) / (1 - a)
-    expected = mean + (beta * (1 - a_next) / (1 - a)).sqrt() * z.reshape(-1) - 0.7 * grad
+    expected = mean + (beta * (1 - a_next) / (1 - a)).sqrt() * z.reshape(-1) - zeta * grad
     torch.testing.assert_close(infos[1]["x"].reshape(-1), expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(infos[0]["distance"], r.norm().reshape(1), rtol=1e-10, atol=1e-10)
 
@@ -112,6 +115,34 @@ def test_dps_without_guidance_is_ddpm():
     grid = solvers.ddrm_timesteps(10)
     out = solvers.dps(prior, y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13))
     torch.testing.assert_close(out, solvers.ddpm(prior, x_T, grid, generator=generator(13)), rtol=0, atol=0)
+
+
+class LearnedLargeVariance:
+    """Returns [ε, v] along the channels with v = 1, the learned-variance output that means β (fixed large)."""
+
+    learned_sigma = True
+
+    def __init__(self, model):
+        self.model, self.alphas_cumprod = model, model.alphas_cumprod
+
+    def __call__(self, x, t):
+        return torch.cat([self.model(x, t), torch.ones_like(x)], dim=1)
+
+
+def test_dps_uses_the_learned_variance_of_a_model_that_has_one():
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    x_T = torch.randn(2, 1, 4, 4, generator=generator(12), dtype=F64)
+    grid = solvers.ddrm_timesteps(10)
+    out = solvers.dps(LearnedLargeVariance(prior), y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13))
+    expected = solvers.ddpm(prior, x_T, grid, variance="fixedlarge", generator=generator(13))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dps_passes_cond_to_every_call():
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    model, label = Recorder(prior), torch.tensor([3])
+    solvers.dps(model, y, op, [700, 300, 0], cond=label, generator=generator(1))
+    assert len(model.calls) == 3 and all(cond is label for _, cond in model.calls)
 
 
 def test_dps_on_the_saturating_sensor_fits_the_measurement():
