@@ -87,6 +87,17 @@ def test_planned_inner_counts():
         solvers.planned_inner_counts([3, 3], 0)
 
 
+def test_planned_inner_counts_by_hand():
+    """A budget ending exactly where a run ends keeps that run; the calls left after flooring the shares go
+    to the largest remainders: 20 over [10, 5, 10] keeps [10, 5], shares 13⅓, 6⅔ → [13, 7]; 11 over
+    [7, 3, 5] keeps [7, 3], shares 7.7, 3.3 → [8, 3]."""
+    assert solvers.planned_inner_counts([5, 5, 5], 10) == [5, 5]
+    assert solvers.planned_inner_counts([10, 5, 10], 20) == [13, 7]
+    assert solvers.planned_inner_counts([7, 3, 5], 11) == [8, 3]
+    with pytest.raises(ValueError, match="at least 1"):
+        solvers.planned_inner_counts([3, 0])
+
+
 def test_matched_grids_step_like_plain_ddrm_with_the_calls_made_so_far():
     grids = solvers.matched_inner_timesteps([10, 10, 10], reach=1.0)
     assert grids == [solvers.ddrm_timesteps(10), solvers.ddrm_timesteps(20)[-10:], solvers.ddrm_timesteps(30)[-10:]]
@@ -151,3 +162,10 @@ def test_plan_is_what_nested_runs(prior, measurement, inner, options):
 def test_plan_defaults_to_ddrm_on_the_matched_schedule(prior):
     grids = solvers.matched_inner_timesteps([10, 10, 10])
     assert solvers.plan(prior, outer_steps=3, inner_steps=10) == ([g[0] for g in grids], grids)
+
+
+
+def test_generation_on_the_matched_schedule_takes_the_plain_grids_tails(prior):
+    """Generation's plain grid is evenly spaced on [0, 999]; the matched runs take its tails as they are
+    (7 calls: 999, 832, 666, 500, 333, 166, 0; see test_matched_grids_by_hand)."""
+    assert solvers.plan(prior, "ddim", 2, [3, 4], schedule="matched") == ([999, 500], [[999, 500, 0], [500, 333, 166, 0]])
