@@ -138,11 +138,12 @@ def test_dps_uses_the_learned_variance_of_a_model_that_has_one():
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_dps_passes_cond_to_every_call():
+def test_dps_passes_cond_to_every_call_and_reports_each():
     prior, op, y = gaussian_problem("sr2", 0.1)
-    model, label = Recorder(prior), torch.tensor([3])
-    solvers.dps(model, y, op, [700, 300, 0], cond=label, generator=generator(1))
+    model, label, infos = Recorder(prior), torch.tensor([3]), []
+    solvers.dps(model, y, op, [700, 300, 0], cond=label, generator=generator(1), callback=infos.append)
     assert len(model.calls) == 3 and all(cond is label for _, cond in model.calls)
+    assert [(i["t"], i["nfe"]) for i in infos] == [(700, 1), (300, 2), (0, 3)]
 
 
 def test_dps_on_the_saturating_sensor_fits_the_measurement():
