@@ -159,6 +159,15 @@ def test_plan_is_what_nested_runs(prior, measurement, inner, options):
     assert solvers.plan(prior, inner, **options) == (run.outer_timesteps, run.inner_timesteps)
 
 
+@pytest.mark.parametrize("inner, schedule, message", [("ddrm", "matchd", "schedule 'matchd' is not one of"),
+                                                       ("ddim", "Paper", "schedule 'Paper' is not one of"),
+                                                       ("ddrn", None, "inner sampler 'ddrn' is not one of")])
+def test_plan_refuses_what_nested_refuses(prior, inner, schedule, message):
+    """plan promises a ValueError whenever nested could not run the request (here: a misspelt name)."""
+    with pytest.raises(ValueError, match=message):
+        solvers.plan(prior, inner, 3, 10, schedule=schedule)
+
+
 def test_plan_defaults_to_ddrm_on_the_matched_schedule(prior):
     grids = solvers.matched_inner_timesteps([10, 10, 10])
     assert solvers.plan(prior, outer_steps=3, inner_steps=10) == ([g[0] for g in grids], grids)
