@@ -119,7 +119,9 @@ def test_matched_grids_by_hand():
     first = [830, 664, 498, 332, 166, 0]
     assert solvers.matched_inner_timesteps([6, 5], reach=0.8) == [first, [288, 216, 144, 72, 0]]
     assert solvers.matched_inner_timesteps([6, 5]) == [first, [360, 270, 180, 90, 0]]
-    generation = lambda n, num_train: solvers.inner_timesteps(num_train - 1, n)  # noqa: E731
+    def generation(n, num_train):
+        return solvers.inner_timesteps(num_train - 1, n)
+
     assert solvers.inner_timesteps(999, 7) == [999, 832, 666, 500, 333, 166, 0]
     assert solvers.matched_inner_timesteps([3, 4], generation) == [[999, 500, 0], [500, 333, 166, 0]]
     assert solvers.matched_inner_timesteps([5] * 200, reach=0.8)[-1] == [4, 3, 2, 1, 0]
@@ -177,4 +179,5 @@ def test_plan_defaults_to_ddrm_on_the_matched_schedule(prior):
 def test_generation_on_the_matched_schedule_takes_the_plain_grids_tails(prior):
     """Generation's plain grid is evenly spaced on [0, 999]; the matched runs take its tails as they are
     (7 calls: 999, 832, 666, 500, 333, 166, 0; see test_matched_grids_by_hand)."""
-    assert solvers.plan(prior, "ddim", 2, [3, 4], schedule="matched") == ([999, 500], [[999, 500, 0], [500, 333, 166, 0]])
+    grids = [[999, 500, 0], [500, 333, 166, 0]]
+    assert solvers.plan(prior, "ddim", 2, [3, 4], schedule="matched") == ([999, 500], grids)
