@@ -64,7 +64,8 @@ PHASES = {
                "degradations.linalg.*"]
               + [f"solvers.timesteps.x_{f}__mutmut_*" for f in (
                   "plain_ddrm_timesteps", "planned_inner_counts", "matched_inner_timesteps")]
-              + [f"solvers.nested.x_{f}__mutmut_*" for f in ("nested", "_plan", "plan", "inner_run_lengths")]
+              + [f"solvers.nested.x_{f}__mutmut_*" for f in ("nested", "_plan", "plan", "_schedule",
+                                                              "inner_run_lengths")]
               + ["solvers.nested.xǁNestedRunǁ_inner_run__mutmut_*"]),
 }
 
