@@ -34,17 +34,19 @@ PHASES = {
                "test_restore.py", "test_units.py"],
         names=None),
     "metrics": dict(
-        mutate=["ipsolve/metrics.py", "ipsolve/eval_report.py"],
+        mutate=["ipsolve/metrics.py", "ipsolve/services/eval_report.py"],
         tests=["test_metrics.py", "test_report_truths.py",
                "test_metric_truths.py::test_lpips_equals_the_hand_computation_on_minus_one_to_one_inputs"],
         names=[f"ipsolve.metrics.x_{f}__mutmut_*" for f in (
             "psnr", "lpips_distance", "fid_from_features", "frechet_distance", "kid_from_features", "log_fid_auc",
-            "image_features")] + [f"ipsolve.eval_report.x_{f}__mutmut_*" for f in (
+            "image_features")] + [f"ipsolve.services.eval_report.x_{f}__mutmut_*" for f in (
                 "summarise", "log_fid_aucs", "read_records")]),
     "units": dict(
-        mutate=["ipsolve/cli.py", "ipsolve/config.py", "ipsolve/degrade.py"],
+        mutate=["ipsolve/services/degrade_file.py", "ipsolve/services/restore_request.py", "ipsolve/config.py",
+                "ipsolve/degrade.py"],
         tests=["test_units.py", "test_restore.py", "test_measurement.py"],
-        names=["ipsolve.cli.x_run_degrade__mutmut_*", "ipsolve.cli.x__restore_inputs__mutmut_*",
+        names=["ipsolve.services.degrade_file.x_degrade_file__mutmut_*",
+               "ipsolve.services.restore_request.x_restore_inputs__mutmut_*",
                "ipsolve.config.xǁTaskConfigǁ*", "ipsolve.degrade.x_degrade__mutmut_*"]),
     "degradations": dict(
         mutate=["degradations/base.py", "degradations/denoising.py", "degradations/superresolution.py",

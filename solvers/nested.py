@@ -38,8 +38,9 @@ from .timesteps import (ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, 
 INNER_SAMPLERS = {"ddrm": ddrm, "ddnm": ddnm, "pigdm": pigdm, "dps": dps, "ddim": ddim, "ddpm": ddpm,
                   "dpm_solver": dpm_solver}
 INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddnm": {"y", "op", "sigma_y", "eta"},
-                 "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations"}, "dps": {"y", "forward", "step_size"},
-                 "ddim": {"eta"}, "ddpm": {"variance"}, "dpm_solver": {"order", "variant"}}
+                 "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations", "safeguard"},
+                 "dps": {"y", "forward", "step_size"}, "ddim": {"eta"}, "ddpm": {"variance"},
+                 "dpm_solver": {"order", "variant"}}
 # restorers: the measurement options each needs; they are called by keyword
 REQUIRED_OPTIONS = {"ddrm": ("y", "op", "sigma_y"), "ddnm": ("y", "op", "sigma_y"), "pigdm": ("y", "op", "sigma_y"),
                     "dps": ("y", "forward")}
@@ -74,8 +75,8 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
-    (y, op, sigma_y; eta, cg_iterations), "dps" (y, forward; step_size), "ddim" (eta), "ddpm" (variance)
-    or "dpm_solver" (order, variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator
+    (y, op, sigma_y; eta, cg_iterations, safeguard), "dps" (y, forward; step_size), "ddim" (eta), "ddpm"
+    (variance) or "dpm_solver" (order, variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator
     with an SVD; pigdm takes any linear operator with H and Ht, dps any differentiable forward.
     outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the schedule's).
     inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule

@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from ipsolve.config import load_eval_config
-from ipsolve.evaluation import evaluate
 from ipsolve.imageio import save_image
 from ipsolve.models import IsotropicGaussianPrior, load_model
+from ipsolve.services.evaluation import evaluate
 
 DATA = Path(__file__).parent / "data"
 TABLES = ("per_image.csv", "results.csv", "table.md")

@@ -10,8 +10,8 @@ import yaml
 
 from ipsolve.cli import main
 from ipsolve.config import CONFIGS, load_eval_config
-from ipsolve.evaluation import evaluate, fit_image, list_images, plan_runs
 from ipsolve.imageio import save_image
+from ipsolve.services.evaluation import evaluate, fit_image, list_images, plan_runs
 
 
 
@@ -175,7 +175,7 @@ def test_anytime_consistency_against_a_direct_computation(tmp_path, digits):
     import degradations
     import solvers
     from ipsolve.distributed import image_generator, per_image_noise
-    from ipsolve.evaluation import load_clean
+    from ipsolve.services.evaluation import load_clean
     from ipsolve.models import load_model
 
     config = load_eval_config(write_config(tmp_path, tasks=["sr4"], budgets=[2, 4], seed=3,

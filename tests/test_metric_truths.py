@@ -12,8 +12,8 @@ import yaml
 from ipsolve import metrics
 from ipsolve.config import load_eval_config
 from ipsolve.datasets import photo
-from ipsolve.evaluation import evaluate
 from ipsolve.imageio import save_image
+from ipsolve.services.evaluation import evaluate
 
 # LPIPS v0.1's input normalisation of [−1, 1] images (per-channel shift and scale, from the LPIPS paper's code)
 SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)

@@ -14,10 +14,11 @@ import pytest
 import torch
 from scipy import linalg
 
-from ipsolve import eval_report, metrics
+from ipsolve import metrics
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig
-from ipsolve.evaluation import OutputLayout
 from ipsolve.imageio import load_image, save_image
+from ipsolve.services import eval_report
+from ipsolve.services.evaluation import OutputLayout
 
 TASKS = (TaskConfig(name="sr4", operator="sr4"), TaskConfig(name="deno", operator="deno", sigma_y_pixel=0.1))
 METHODS = (MethodConfig(name="ddrm"), MethodConfig(name="nested", nested=True, splits={2: (2, 1), 4: (4, 1)}))

@@ -16,7 +16,7 @@ from ipsolve.models.diffusion import DiffusionModel
 from ipsolve.models.unet import DDPMUNet
 from ipsolve.restore import Preview, check_model_fits, preview_marks, restore
 from ipsolve.figures import FONT_SIZE, GAP
-from ipsolve.run_folder import RunFolder
+from ipsolve.services.run_folder import RunFolder
 
 PRIOR_VARIANCE = 0.25
 

@@ -83,6 +83,28 @@ def test_pigdm_on_a_composition_equals_its_dense_svd():
     torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("variance, safeguard", [(20.0, True), (20.0, False), (0.5, True)])
+def test_pigdm_one_step_denoising_by_hand(variance, safeguard):
+    """Denoising with the prior N(0, λ I): x̂₀ = m x_t with m = √ᾱ λ/(ᾱλ + 1 − ᾱ), Cov[x₀ | x_t] = c I with
+    c = λ(1−ᾱ)/(ᾱλ + 1 − ᾱ), so ΠGDM's correction is c/(r² + σ_y²) (y − x̂₀), r² = 1 − ᾱ. For λ = 20 that
+    factor exceeds 1 (the guided x̂₀ passes y) and the safeguard cuts it to exactly 1; for λ = 0.5 it is
+    below 1 and the safeguard leaves the paper's step. A one-step grid ends at ᾱ = 1: the output is the
+    guided x̂₀."""
+    shape, t, sigma_y = (1, 2, 3), 500, 0.1
+    prior = GaussianPrior(torch.zeros(shape, dtype=F64), variance * torch.eye(6, dtype=F64), linear_alphas_cumprod())
+    op = degradations.make("deno", channels=1, image_size=shape[1:])
+    x_t = torch.randn(2, *shape, generator=generator(12), dtype=F64)
+    y = torch.randn(2, *shape, generator=generator(13), dtype=F64)
+    a = prior.alphas_cumprod[t]
+    x0 = a.sqrt() * variance / (a * variance + 1 - a) * x_t.reshape(2, 6)
+    factor = variance * (1 - a) / (a * variance + 1 - a) / (1 - a + sigma_y**2)
+    assert (factor > 1) == (variance > 1)
+    if safeguard:
+        factor = min(factor, 1.0)
+    out = solvers.pigdm(prior, y, op, sigma_y, [t], x_T=x_t, safeguard=safeguard, noise=torch.zeros)
+    torch.testing.assert_close(out.reshape(2, 6), x0 + factor * (y.reshape(2, 6) - x0), rtol=1e-10, atol=1e-10)
+
+
 def test_dps_one_step_by_hand():
     """One DPS step on a Gaussian prior, where x̂₀ = μ + M (x_t − √ᾱ μ) with M = √ᾱ Σ (ᾱΣ + (1−ᾱ)I)⁻¹,
     so ∇_{x_t} ‖y − A x̂₀‖ = −Mᵀ Aᵀ r / ‖r‖; the ancestral step uses the posterior variance β̃."""

@@ -2,8 +2,9 @@
 
 Restore: upload a digit, start a 4x5 restore, Stop after two previews: the answer and the download are the
 latest preview. Generate: keep one candidate after the first outer step; the next candidates come from
-it. A text file renamed .png: one message on the page, the server still answers. Prints the time from
-Start to the first preview on screen and from Stop to idle; screenshots go to a temporary folder, or to
+it. A text file renamed .png: one message on the page, the server still answers. Inpainting: a stroke of
+the mask brush across the clean digit is what the measurement misses. Prints the time from Start to the
+first preview on screen and from Stop to idle; screenshots go to a temporary folder, or to
 docs/images/studio_*.png with IPSOLVE_SCREENSHOTS=docs/images (how the README's pictures are made).
 
 Needs Debian's chromium and chromium-driver (.ci/run installs them); skipped with a reason only where
@@ -45,7 +46,10 @@ else:
     pytest.importorskip("gradio", reason="the studio extra is not installed: pip install -e '.[studio]'")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from PIL import Image  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 WAIT_S = 120
 
@@ -289,3 +293,42 @@ def test_tabs_do_not_see_each_others_runs_and_closing_a_tab_stops_its_run(server
     assert record["status"] == "interrupted" and record["nfe"] < 400
     assert text_of(browser, "#restore-message") == my_status  # this tab never saw the other's run
     assert process.poll() is None and answers(url)
+
+
+def test_a_mask_painted_with_the_brush_is_what_the_inpainting_run_misses(server, browser):
+    _, runs, _ = server
+    browser.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Restore')]").click()
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#restore-start").is_displayed(), "the restore tab")
+    browser.find_element(By.CSS_SELECTOR, "#restore-example input").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#restore-example li[aria-label='digit (clean)']"),
+             "the examples")[0].click()
+    task = browser.find_element(By.CSS_SELECTOR, "#restore-task input")
+    task.click()
+    task.send_keys(Keys.CONTROL, "a")
+    task.send_keys("inp", Keys.ENTER)
+    canvas = wait_for(lambda: [c for c in browser.find_elements(By.CSS_SELECTOR, "#restore-brush .pixi-target canvas")
+                               if c.is_displayed()], "the brush over the digit (an inpainting task)")[0]
+    time.sleep(1.5)  # the digit is drawn into the canvas just after the canvas appears
+    set_number(browser, "#restore-outer", 1)
+    set_number(browser, "#restore-inner", 2)
+    set_number(browser, "#restore-samples", 1)
+    # the digit (32x32) is shown about 190 px wide in the canvas's middle: a stroke along its middle row,
+    # from 60 px left of the centre to 60 px right of it, paints about columns 6 to 26
+    stroke = ActionChains(browser).move_to_element_with_offset(canvas, -60, 0).click_and_hold()
+    for _ in range(4):
+        stroke = stroke.move_by_offset(30, 0)
+    stroke.release().perform()
+    before, shown = set(runs.glob("restore-*")), text_of(browser, "#restore-message")
+    browser.find_element(By.CSS_SELECTOR, "#restore-start").click()
+    done = wait_for(lambda: text_of(browser, "#restore-message") != shown
+                    and status_has(browser, "#restore-message", "done:", "error"), "the run to end")
+    assert done.startswith("done: 1 previews, 2 NFE"), done
+    (job,) = set(runs.glob("restore-*")) - before
+    drawn = np.array(Image.open(job / "input" / "drawn.mask.png"))
+    assert drawn.shape == (32, 32)
+    missing_rows = sorted(set(np.nonzero(drawn == 0)[0]))
+    assert missing_rows and 12 <= missing_rows[0] and missing_rows[-1] <= 20, missing_rows  # none far from the stroke
+    middle = missing_rows[len(missing_rows) // 2]
+    assert (drawn[middle, 9:23] == 0).all(), drawn[middle]  # missing all along the stroke
+    measured = np.array(Image.open(job / "input" / "measurement.mask.png").convert("L"))
+    assert np.array_equal(measured, drawn)  # the measurement restored misses exactly the painted pixels

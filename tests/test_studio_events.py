@@ -1,6 +1,7 @@
 """The studio page's event functions, without a browser: they call the library, a run driven through them
 writes what `ipsolve restore` / `ipsolve generate` write (file for file), Stop keeps the latest preview,
 bad input is one line and leaves nothing behind, and browser sessions do not see each other's runs."""
+import dataclasses
 import json
 import shutil
 import zipfile
@@ -267,3 +268,102 @@ def test_a_clean_image_degraded_with_a_mask_file_equals_ipsolve_degrade_with_mas
     assert main(["restore", str(tmp_path / "y.png"), "--outer", "1", "--inner", "2", "--out", str(tmp_path / "cli"),
                  "--quiet"]) == 0
     assert_same_run_folder(job.run_dir, tmp_path / "cli")
+
+
+def test_the_studio_loads_each_model_once_for_restores_their_vanilla_twin_and_generations(tmp_path, monkeypatch):
+    import ipsolve.models
+
+    loads = []
+    real = ipsolve.models.load_model
+
+    def counted(name, *args, **kwargs):
+        loads.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ipsolve.models, "load_model", counted)
+    studio = Studio(["embedded"], tmp_path / "runs")
+    first = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), outer=1, inner=2))
+    list(first.views(studio))
+    compared = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), outer=1, inner=2,
+                                                   compare=True))
+    list(compared.views(studio))
+    generation = start_generate(studio, "tab", GenerateForm(n=2, outer=1, inner=2))
+    generation.step()
+    assert loads == ["embedded"]
+    assert compared.twin[1].model is compared.inputs.model  # the vanilla twin shares it
+    assert first.inputs.model is compared.inputs.model is generation.model
+
+
+def test_models_the_studio_command_loaded_at_start_are_not_loaded_again(tmp_path, monkeypatch):
+    import ipsolve.models
+
+    model = ipsolve.models.load_model("embedded", device="cpu")
+    monkeypatch.setattr(ipsolve.models, "load_model", lambda *args, **kwargs: pytest.fail("loaded again"))
+    studio = Studio(["embedded"], tmp_path / "runs", device="cpu", loaded={"embedded": model})
+    job = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), outer=1, inner=2))
+    assert job.inputs.model is model and list(job.views(studio))[-1].status.startswith("done")
+
+
+def brush(size=(32, 32), box=(8, 24, 10, 22), dots=()):
+    """The brush editor's value as the page sends it: RGBA numpy arrays, the rectangle rows box[0]:box[1],
+    columns box[2]:box[3] painted white on the one layer, plus single barely painted pixels `dots`."""
+    layer = np.zeros((*size, 4), np.uint8)
+    if box is not None:
+        layer[box[0]:box[1], box[2]:box[3]] = 255
+    for row, column in dots:
+        layer[row, column] = (0, 0, 0, 1)  # alpha 1: painted all the same
+    background = np.zeros((*size, 4), np.uint8)
+    return {"background": background, "layers": [layer], "composite": background}
+
+
+def test_a_mask_painted_with_the_brush_is_the_missing_region_and_replays_with_ipsolve_degrade(studio, tmp_path):
+    expected = np.full((32, 32), 255, np.uint8)  # white = observed
+    expected[8:24, 10:22] = 0
+    expected[2, 30] = 0
+    job = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), task="inp", sigma_y=0.0,
+                                              painted=brush(dots=[(2, 30)]), outer=1, inner=2))
+    list(job.views(studio))
+    inputs = job.job_dir / "input"
+    for name in ("drawn.mask.png", "measurement.mask.png"):
+        assert np.array_equal(np.array(Image.open(inputs / name).convert("L")), expected), name
+    clean = np.array(Image.open(EXAMPLES / "digit_clean.png"))
+    measured = np.array(Image.open(inputs / "measurement.png"))
+    assert np.array_equal(measured[expected == 255], clean[expected == 255])  # observed: the clean pixels
+    assert clean[expected == 0].any() and not measured[expected == 0].any()  # painted: missing (black)
+    assert read_json(inputs / "measurement.png.json")["mask"] == "measurement.mask.png"
+    assert main(["degrade", str(inputs / "clean.png"), "--task", "inp", "--sigma-y", "0", "--mask",
+                 str(inputs / "drawn.mask.png"), "-o", str(tmp_path / "y.png")]) == 0
+    assert (inputs / "measurement.png").read_bytes() == (tmp_path / "y.png").read_bytes()
+
+
+def test_nothing_painted_degrades_as_without_the_brush(studio):
+    form = RestoreForm(image=str(EXAMPLES / "digit_clean.png"), task="inp", degrade_seed=2, outer=1, inner=1)
+    plain = prepare_restore(studio, form)
+    unpainted = prepare_restore(studio, dataclasses.replace(form, painted=brush(box=None)))
+    assert not (unpainted.job_dir / "input" / "drawn.mask.png").exists()
+    for name in ("measurement.png", "measurement.mask.png"):
+        assert (plain.job_dir / "input" / name).read_bytes() == (unpainted.job_dir / "input" / name).read_bytes()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("and-uploaded", "both painted and uploaded"),
+    ("not-inpainting", "a painted mask is for inpainting (inp, inp_box, inp_mask), not sr4"),
+    ("other-size", "the painted mask is 64x48 but the image is 32x32"),
+    ("measurement", "the brush paints the mask of a clean image"),
+    ("everything", "the brush painted every pixel"),
+])
+def test_a_painted_mask_that_cannot_be_used_is_one_line_and_leaves_nothing_behind(studio, tmp_path, case, words):
+    digit = str(EXAMPLES / "digit_clean.png")
+    form = {"and-uploaded": RestoreForm(image=digit, task="inp", painted=brush(),
+                                        mask=str(EXAMPLES / "digit_inp.mask.png")),
+            "not-inpainting": RestoreForm(image=digit, task="sr4", painted=brush()),
+            "other-size": RestoreForm(image=digit, task="inp", painted=brush(size=(64, 48))),
+            "everything": RestoreForm(image=digit, task="inp", painted=brush(box=(0, 32, 0, 32))),
+            "measurement": RestoreForm(image=str(EXAMPLES / "digit_inp.png"), treat_as="measurement",
+                                       sidecar=str(EXAMPLES / "digit_inp.png.json"),
+                                       mask=str(EXAMPLES / "digit_inp.mask.png"), painted=brush())}[case]
+    with pytest.raises(ValueError) as error:
+        prepare_restore(studio, form)
+    text = message(error.value)
+    assert words in text and "\n" not in text
+    assert not studio.runs_dir.exists() or not any(studio.runs_dir.iterdir())

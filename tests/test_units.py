@@ -14,11 +14,11 @@ import degradations
 import solvers
 from ipsolve.cli import main
 from ipsolve.config import MethodConfig, TaskConfig
-from ipsolve.evaluation import Run, solve
 from ipsolve.imageio import from_model, load_image, save_image, to_model
 from ipsolve.measurement import read_measurement
 from ipsolve.models import load_model
 from ipsolve.restore import restore
+from ipsolve.services.evaluation import Run, solve
 
 
 def generator(seed):

@@ -1,7 +1,7 @@
 """`ipsolve studio`: a local web page to watch, stop and steer anytime restoration and generation.
 
 Install the optional extra (`pip install -e .[studio]`, Gradio); see docs/studio.md. The page calls the
-same library code as the command line (`ipsolve.studio.events`); Gradio is imported only by
+same services as the command line (`ipsolve.studio.events`, `ipsolve.services`); Gradio is imported only by
 `ipsolve.studio.app`, when the server starts.
 """
 from __future__ import annotations
@@ -11,17 +11,18 @@ import os
 from pathlib import Path
 
 STUDIO_EPILOG = """\
-the page (http://HOST:PORT) has a Restore tab (upload or pick an example, degrade it on the page or load a
-measurement with its sidecar, watch every preview arrive, Stop keeps the latest) and a Generate tab (keep
-candidates after each outer step, change the prompt or class, continue). Every run writes the folder
-`ipsolve restore` / `ipsolve generate` would write under --runs. Nothing is sent anywhere: analytics,
-update checks and share links are off.
+the page (http://HOST:PORT) has a Restore tab (upload or pick an example, degrade it on the page — for
+inpainting, with a mask painted on it with the brush — or load a measurement with its sidecar, watch every
+preview arrive, Stop keeps the latest) and a Generate tab (keep candidates after each outer step, change
+the prompt or class, continue). Every model is loaded once, at start, and shared by all runs. Every run
+writes the folder `ipsolve restore` / `ipsolve generate` would write under --runs. Nothing is sent
+anywhere: analytics, update checks and share links are off.
 """
 
 
 def add_studio_arguments(parser):
     """The options of `ipsolve studio`."""
-    from ipsolve.cli_support import device_name, folder_name, positive_int
+    from ipsolve.services.values import device_name, folder_name, positive_int
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = STUDIO_EPILOG
@@ -37,25 +38,25 @@ def add_studio_arguments(parser):
 
 
 def run_studio_command(args) -> int:
-    """Check the models, then serve the page until Ctrl-C."""
+    """Load the models (the page keeps them), then serve the page until Ctrl-C."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "2")  # a closed tab is noticed (and its run stopped) in ~2 s
-    from ipsolve.cli_support import check_writable_folder, resolve_device
+    from ipsolve.services.checks import check_writable_folder, resolve_device
     from ipsolve.models import load_model
 
     models = list(dict.fromkeys(args.model or ["embedded"]))
     check_writable_folder(args.runs)
     device = resolve_device(args.device)
-    for name in models:  # a model that cannot load is refused now, in one line, not on the page later
-        load_model(name, device=device)
+    # a model that cannot load is refused now, in one line, not on the page later; the page keeps them all
+    loaded = {name: load_model(name, device=device) for name in models}
     _warm_up()
     try:
         from ipsolve.studio.app import serve
     except ImportError as error:
         raise ValueError(f"`ipsolve studio` needs Gradio: pip install -e '.[studio]' ({error})") from None
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    serve(models, args.runs, host=args.host, port=args.port, device=args.device)
+    serve(models, args.runs, host=args.host, port=args.port, device=args.device, loaded=loaded)
     return 0
 
 

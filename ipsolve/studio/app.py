@@ -18,7 +18,7 @@ from ipsolve.studio.events import (EXAMPLE_CHOICES, TASKS, GenerateForm, Restore
                                    Studio, message, prepare_restore, start_generate)
 
 CSS = """
-.pixelated img { image-rendering: pixelated; }
+.pixelated img, .pixelated canvas { image-rendering: pixelated; }
 .answer img, .measurement img { width: 100% !important; height: 100% !important; object-fit: contain; }
 #restore-message, #generate-message { font-weight: 600; }
 """
@@ -60,13 +60,19 @@ def restore_widgets(page, studio, workers):
                                  ("measurement (with its sidecar)", "measurement")], value="clean",
                                 label="the image is", elem_id="restore-treat-as")
             with gr.Row():
-                task = gr.Dropdown(list(TASKS), value="sr4", label="task", allow_custom_value=True)
+                task = gr.Dropdown(list(TASKS), value="sr4", label="task", allow_custom_value=True,
+                                   elem_id="restore-task")
                 sigma_y = gr.Number(0.05, label="σ_y (pixel units, [0, 1])", minimum=0, maximum=1)
                 degrade_seed = gr.Number(0, label="degradation seed (noise, random mask)", precision=0)
             with gr.Accordion("sidecar and mask files", open=False):
                 sidecar = gr.File(label="sidecar of a measurement (MEASUREMENT.png.json)", type="filepath")
                 mask = gr.File(label="inpainting mask, white = observed (a clean image's or a measurement's)",
                                type="filepath")
+            painted = gr.ImageMask(label="paint the region to fill (nothing painted = the task's own mask)",
+                                   type="numpy", image_mode="RGBA", sources=[],
+                                   transforms=[], eraser=False, layers=False, format="png", height=320,
+                                   brush=_brush(),
+                                   visible=False, elem_id="restore-brush", elem_classes=["pixelated"])
         with gr.Column(scale=1):
             model = gr.Dropdown(studio.models, value=studio.models[0], label="model")
             solver = gr.Dropdown(list(SOLVERS), value="ddrm", label="solver")
@@ -105,6 +111,18 @@ def restore_widgets(page, studio, workers):
 
     example.change(pick_example, example, [image, treat_as, sidecar, mask], queue=False)
 
+    def show_brush(path, treat, task_name):
+        """A clean image to inpaint gets the brush, painted afresh whenever the image, its role or the task
+        changes."""
+        inpainting = bool(task_name) and task_name.split("+")[-1].startswith("inp")
+        size = events.brush_size(path) if path and treat == "clean" and inpainting else None
+        if size is None:
+            return gr.ImageMask(value=None, visible=False)
+        return gr.ImageMask(value=path, visible=True, brush=_brush(size))
+
+    for chosen in (image, treat_as, task):
+        chosen.change(show_brush, [image, treat_as, task], painted, queue=False)
+
     def run(request: gr.Request, *values):
         try:
             job = prepare_restore(studio, RestoreForm(*values))
@@ -115,13 +133,20 @@ def restore_widgets(page, studio, workers):
         for view in job.views(studio):
             yield _restore_outputs(view)
 
-    values = [image, treat_as, task, sigma_y, degrade_seed, sidecar, mask, model, solver, outer, inner, budget,
+    values = [image, treat_as, task, sigma_y, degrade_seed, sidecar, mask, painted, model, solver, outer, inner, budget,
               eta, seed, samples, compare]
     start.click(run, values, outputs, concurrency_limit=workers, concurrency_id=RUN_GROUP, show_progress="hidden")
+
     def stop_run(request: gr.Request):
         studio.stop(_session(request), "restore")
 
     stop.click(stop_run, None, None, queue=False)
+
+
+def _brush(size="auto"):
+    """The mask brush: red (visible on dark and light images; any painted pixel counts, whatever its colour),
+    `size` image pixels wide."""
+    return gr.Brush(colors=["#ff3b30"], default_color="#ff3b30", color_mode="fixed", default_size=size)
 
 
 def _restore_outputs(view: RestoreView):
@@ -226,9 +251,10 @@ def _stopped(studio, request):
     return gr.skip(), gr.skip(), view.status, view.final, view.archive
 
 
-def serve(models, runs_dir, host="127.0.0.1", port=7860, device=None):
-    """Build the page and serve it until Ctrl-C (prints the URL)."""
-    studio = Studio(models, runs_dir, device=device)
+def serve(models, runs_dir, host="127.0.0.1", port=7860, device=None, loaded=None):
+    """Build the page and serve it until Ctrl-C (prints the URL); loaded: {name: model} already loaded on
+    `device`, which every run then shares (`events.Studio`)."""
+    studio = Studio(models, runs_dir, device=device, loaded=loaded)
     page = build(studio)
     page.queue(default_concurrency_limit=len(studio.models))
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])

@@ -1,26 +1,27 @@
 """What the studio page does, as plain Python the page calls (no Gradio here, so tests call it directly).
 
-Every action parses the page's values, calls the library service the command line calls, and hands back
-what to show:
+Every action parses the page's values (with the parsers of `ipsolve.services.values`, as the command
+line does), calls the service the command line calls (`ipsolve.services`), and hands back what to show:
 
 - restore: `prepare_restore(studio, form)` checks everything and writes the job's input (the uploaded
   measurement, or the clean image degraded on the page with `ipsolve.degrade`, written with its sidecar
-  as `ipsolve degrade` writes it); the arguments are parsed by `ipsolve restore`'s own parser and checked
-  by its own `_restore_inputs`; `RestoreJob.views()` then runs `ipsolve.restore_run.run_restore_job`
-  (the body of `ipsolve restore`) in a thread and yields a `RestoreView` after every preview. Same
-  arguments and seed → the same run folder as `ipsolve restore`, file for file.
-- generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate`, one outer step per
-  call, applying the user's picks and prompt / class changes through `ipsolve.feedback.Feedback` (as
-  `--pick` / `--prompt-at` do); the run folder gets picks.json and replay.txt, so `ipsolve generate
-  --picks picks.json …` replays the run.
+  as `ipsolve degrade` writes it; a mask painted with the brush is written as input/drawn.mask.png and
+  used as `--mask` is); the form becomes a `RestoreRequest`, checked by the service's `restore_inputs`
+  with the model from `Studio.load_model` (each model loaded once); `RestoreJob.views()` then runs it
+  (`run_restore_request`, the body of `ipsolve restore`) in a thread and yields a `RestoreView` after
+  every preview. Same settings and seed → the same run folder as `ipsolve restore`, file for file.
+- generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate` made from a
+  `GenerateRequest`, one outer step per call, applying the user's picks and prompt / class changes
+  through `ipsolve.feedback.Feedback` (as `--pick` / `--prompt-at` do), writing the run folder with the
+  pieces of `ipsolve.services.generate_run`; the folder gets picks.json and replay.txt, so `ipsolve
+  generate --picks picks.json …` replays the run.
 
 Bad input raises ValueError / OSError with one readable line (`message(error)`), and a job that fails
 its checks leaves no folder behind.
 """
 from __future__ import annotations
 
-import contextlib
-import io
+import dataclasses
 import json
 import queue
 import shlex
@@ -31,6 +32,8 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ipsolve.services.values import device_name, natural_int, positive_int, seed_int, unit_float
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TASKS = ("sr4", "sr2", "deno", "inp", "inp_box", "deblur_gauss", "deblur_uni", "color")
@@ -46,22 +49,42 @@ EXAMPLE_CHOICES = {  # label → (image, treat as, sidecar, mask)
 
 def message(error: BaseException) -> str:
     """The one line the page shows for a refused input or a failed run."""
-    from ipsolve.cli_support import one_line
+    from ipsolve.services.checks import one_line
 
     return one_line(error)
 
 
 class Studio:
-    """The server: the models it offers, where runs go, one lock per model (one run at a time on it), and
-    each browser session's current jobs (sessions never see each other's runs)."""
+    """The server: the models it offers (each loaded once, then shared by every run), where runs go, one
+    lock per model (one run at a time on it), and each browser session's current jobs (sessions never see
+    each other's runs). loaded: {name: model} already loaded on `device` (`ipsolve studio` loads every
+    model at start to check it), so the first run does not load it again."""
 
-    def __init__(self, models, runs_dir, device=None):
+    def __init__(self, models, runs_dir, device=None, loaded=None):
         self.models = list(dict.fromkeys(models)) or ["embedded"]
         self.runs_dir = Path(runs_dir).resolve()
         self.device = device
         self._locks = {name: threading.Lock() for name in self.models}
         self._jobs: dict[str, dict] = {}  # session → {"restore": RestoreJob, "generate": GenerateSession}
         self._guard = threading.Lock()
+        self._loaded = {}  # (name, device) → model
+        self._loading = threading.Lock()
+        if loaded:
+            from ipsolve.services.checks import resolve_device
+
+            on = str(resolve_device(device))
+            self._loaded = {(name, on): model for name, model in loaded.items()}
+
+    def load_model(self, name, device):
+        """The model `name` on `device` (a torch.device), loaded by the first call (`ipsolve.models.load_model`)
+        and shared by the later ones; a call made while it loads waits for it."""
+        key = (name, str(device))
+        with self._loading:
+            if key not in self._loaded:
+                from ipsolve.models import load_model
+
+                self._loaded[key] = load_model(name, device=device)
+            return self._loaded[key]
 
     def check_model(self, name) -> str:
         if name not in self.models:
@@ -107,7 +130,8 @@ class Studio:
 @dataclass
 class RestoreForm:
     """The restore tab's values. image: the uploaded file; treat_as "clean" (degrade it here with task,
-    sigma_y in pixel units, degrade_seed) or "measurement" (with its sidecar, or task / sigma_y / mask
+    sigma_y in pixel units, degrade_seed, and for inpainting the mask uploaded or painted with the brush:
+    `painted`, the brush editor's value) or "measurement" (with its sidecar, or task / sigma_y / mask
     given here). budget None or 0 = outer x inner; eta None = the solver's default."""
 
     image: str | None
@@ -117,6 +141,7 @@ class RestoreForm:
     degrade_seed: int = 0
     sidecar: str | None = None
     mask: str | None = None
+    painted: dict | None = None
     model: str = "embedded"
     solver: str = "ddrm"
     outer: int = 4
@@ -148,8 +173,8 @@ class RestoreView:
 class RestoreJob:
     """One checked restore (and its plain-solver twin with `compare`), ready to run."""
 
-    def __init__(self, job_dir: Path, args, inputs, clean, twin=None):
-        self.job_dir, self.args, self.inputs, self.clean, self.twin = job_dir, args, inputs, clean, twin
+    def __init__(self, job_dir: Path, request, inputs, clean, twin=None):
+        self.job_dir, self.request, self.inputs, self.clean, self.twin = job_dir, request, inputs, clean, twin
         self._stop = threading.Event()
         self.result = None
         self.twin_result = None
@@ -158,7 +183,7 @@ class RestoreJob:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.args.out)
+        return Path(self.request.out)
 
     def stop(self) -> None:
         self._stop.set()
@@ -169,14 +194,11 @@ class RestoreJob:
 
     def run(self, on_preview=None):
         """Run to the end (or until stopped) in this thread; on_preview(kind, preview, path) per preview."""
-        from ipsolve.cli import _run_record
-        from ipsolve.restore_run import run_restore_job
+        from ipsolve.services.restore_request import run_restore_request
 
-        def one(args, inputs, kind):
-            source, measurement, mask_file, model, device, _ = inputs
-            return run_restore_job(
-                measurement, model, args, args.out, _run_record(args, source, model, measurement, mask_file, device),
-                device=device, should_stop=self._stop.is_set,
+        def one(request, inputs, kind):
+            return run_restore_request(
+                request, inputs, should_stop=self._stop.is_set,
                 on_preview=None if on_preview is None else (lambda preview, path: on_preview(kind, preview, path)))
 
         twin_thread = None
@@ -189,7 +211,7 @@ class RestoreJob:
             twin_thread = threading.Thread(target=run_twin, daemon=True)
             twin_thread.start()
         try:
-            self.result = one(self.args, self.inputs, "nested")
+            self.result = one(self.request, self.inputs, "nested")
         except Exception as error:  # noqa: BLE001 - shown on the page
             self.error = error
             self.stop()
@@ -202,11 +224,11 @@ class RestoreJob:
         One run at a time per model: a second one waits (and says so). Closing the generator (the page
         went away) stops the run."""
         events: queue.Queue = queue.Queue()
-        lock = studio.model_lock(self.args.model) if studio is not None else threading.Lock()
+        lock = studio.model_lock(self.request.model) if studio is not None else threading.Lock()
         view = RestoreView(measurement=str(self.measurement_picture()), running=True, run_dir=str(self.run_dir))
         try:
             if not lock.acquire(blocking=False):
-                view.status = f"waiting for the model {self.args.model} (another run is using it)…"
+                view.status = f"waiting for the model {self.request.model} (another run is using it)…"
                 yield view
                 while not lock.acquire(timeout=poll_s):
                     if self.stopping:
@@ -283,7 +305,7 @@ class RestoreJob:
         return text
 
     def measurement_picture(self) -> Path:
-        return Path(self.inputs[0])
+        return Path(self.inputs.source)
 
 
 def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
@@ -296,21 +318,24 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
         raise ValueError(f"treat the image as clean or as a measurement, not {form.treat_as!r}")
     job_dir = studio.new_job_dir("restore")
     try:
+        from ipsolve.services.restore_request import restore_inputs
+
         clean = None
         if form.treat_as == "clean":
             clean, measurement_file = _degrade_here(form, job_dir / "input")
-            extra = []
+            given = {}
         else:
-            measurement_file, extra = _copy_measurement(form, job_dir / "input")
-        args = _restore_args(studio, form, measurement_file, job_dir / "run", extra)
-        from ipsolve.cli import _restore_inputs
-
-        inputs = _restore_inputs(args)
+            if painted_mask(form.painted) is not None:
+                raise ValueError("the brush paints the mask of a clean image; a measurement's mask is its "
+                                 "sidecar's or an uploaded file: clear the brush")
+            measurement_file, given = _copy_measurement(form, job_dir / "input")
+        request = restore_request_for(studio, form, measurement_file, job_dir / "run", given)
+        inputs = restore_inputs(request, studio.load_model)
         twin = None
-        if form.compare and not args.vanilla:
-            twin_args = _restore_args(studio, form, measurement_file, job_dir / "vanilla", extra + ["--vanilla"])
-            twin = (twin_args, _restore_inputs(twin_args))
-        return RestoreJob(job_dir, args, inputs, clean, twin)
+        if form.compare:  # the same model object: the two runs read its weights, neither changes them
+            twin_request = dataclasses.replace(request, out=str(job_dir / "vanilla"), vanilla=True)
+            twin = (twin_request, restore_inputs(twin_request, studio.load_model))
+        return RestoreJob(job_dir, request, inputs, clean, twin)
     except (ValueError, OSError) as error:
         shutil.rmtree(job_dir, ignore_errors=True)
         uploads = {form.image: form.image, form.sidecar: form.sidecar, form.mask: form.mask,
@@ -332,7 +357,6 @@ def _named_as_uploaded(text: str, uploads: dict) -> str:
 
 def _degrade_here(form, input_dir: Path):
     """The uploaded clean image degraded as `ipsolve degrade` does; (clean image, measurement file)."""
-    from ipsolve.cli_support import seed_int, unit_float
     from ipsolve.degrade import degrade
     from ipsolve.imageio import load_image
     from ipsolve.measurement import write_measurement
@@ -342,15 +366,9 @@ def _degrade_here(form, input_dir: Path):
     sigma_y = _checked(unit_float, form.sigma_y, "σ_y")
     seed = _checked(seed_int, form.degrade_seed, "the degradation seed")
     image = load_image(form.image)
-    mask = None
-    if form.mask:  # as `ipsolve degrade --mask`: white = observed
-        if not form.task.startswith("inp"):
-            raise ValueError(f"a mask is for inpainting (inp, inp_box, inp_mask), not {form.task}")
-        import degradations
-
-        mask = degradations.load_mask(form.mask)
-    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed, mask=mask)
     input_dir.mkdir(parents=True)
+    mask = _degrade_mask(form, tuple(image.shape[1:]), input_dir)
+    y, op = degrade(image, form.task, 2 * sigma_y, seed=seed, mask=mask)
     measurement_file = input_dir / "measurement.png"
     write_measurement(measurement_file, y, op, 2 * sigma_y)
     from ipsolve.imageio import save_image
@@ -359,15 +377,75 @@ def _degrade_here(form, input_dir: Path):
     return image, measurement_file
 
 
+def _degrade_mask(form, size, input_dir: Path):
+    """The mask to degrade the clean image with, read as `ipsolve degrade --mask` reads it (white =
+    observed): the uploaded file, or the one painted with the brush, written as input/drawn.mask.png so
+    that `ipsolve degrade --mask input/drawn.mask.png` makes the same measurement; None: the task's own."""
+    drawn = painted_mask(form.painted)
+    if drawn is None and not form.mask:
+        return None
+    if drawn is not None and form.mask:
+        raise ValueError("a mask is both painted and uploaded: clear the brush or remove the mask file")
+    what = "a painted mask" if drawn is not None else "a mask"
+    if not form.task.split("+")[-1].startswith("inp"):
+        raise ValueError(f"{what} is for inpainting (inp, inp_box, inp_mask), not {form.task}")
+    mask_file = form.mask
+    if drawn is not None:
+        if drawn.shape != size:
+            raise ValueError(f"the painted mask is {drawn.shape[0]}x{drawn.shape[1]} but the image is "
+                             f"{size[0]}x{size[1]}: clear the brush and paint on the image again")
+        if not drawn.any():
+            raise ValueError("the brush painted every pixel: leave some of the image observed")
+        mask_file = input_dir / "drawn.mask.png"
+        write_mask(drawn, mask_file)
+    import degradations
+
+    return degradations.load_mask(mask_file)
+
+
+def painted_mask(editor):
+    """The mask painted with the brush: bool (H, W) numpy array, True = observed, False where any layer
+    of the editor's value (a dict with background, layers, composite: RGBA numpy arrays) has a pixel with
+    alpha > 0; None when nothing is painted. The layers are the canvas's size, checked by the caller."""
+    import numpy as np
+
+    layers = [np.asarray(layer) for layer in ((editor or {}).get("layers") or []) if layer is not None]
+    painted = [layer[..., 3] > 0 for layer in layers]
+    if not any(layer.any() for layer in painted):
+        return None
+    return ~np.logical_or.reduce(painted)
+
+
+def brush_size(image) -> int | None:
+    """The mask brush's width for the image file: a sixteenth of its smaller side (2 pixels on the digit);
+    None when the file is not an image (no brush then: Start says what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as opened:
+            return max(1, min(opened.size) // 16)
+    except (OSError, ValueError):
+        return None
+
+
+def write_mask(mask, path: Path) -> None:
+    """A mask file as `ipsolve degrade --mask` reads it: white (255) = observed, black (0) = missing."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)
+
+
 def _copy_measurement(form, input_dir: Path):
-    """The uploaded measurement (and its sidecar and mask) copied into the job; (file, extra arguments)."""
+    """The uploaded measurement (and its sidecar and mask) copied into the job; (file, the request's task,
+    sigma_y and mask when there is no sidecar to say them)."""
     from ipsolve.imageio import load_image
 
     load_image(form.image)  # a readable image, or one line saying it is not
     input_dir.mkdir(parents=True)
     measurement_file = input_dir / "measurement.png"
     shutil.copyfile(form.image, measurement_file)
-    extra = []
+    given = {}
     if form.sidecar:
         try:
             sidecar = json.loads(Path(form.sidecar).read_text())
@@ -382,39 +460,33 @@ def _copy_measurement(form, input_dir: Path):
             shutil.copyfile(form.mask, input_dir / "measurement.mask.png")
         (input_dir / "measurement.png.json").write_text(json.dumps(sidecar, indent=2))
     else:
-        extra += ["--task", form.task, "--sigma-y", str(form.sigma_y)]
+        given = {"task": form.task, "sigma_y": _checked(unit_float, form.sigma_y, "--sigma-y:")}
         if form.mask:
             shutil.copyfile(form.mask, input_dir / "given.mask.png")
-            extra += ["--mask", str(input_dir / "given.mask.png")]
-    return measurement_file, extra
+            given["mask"] = str(input_dir / "given.mask.png")
+    return measurement_file, given
 
 
-def _restore_args(studio, form, measurement_file, out_dir, extra):
-    """`ipsolve restore …` parsed by the command line's own parser (its types, defaults and messages)."""
-    argv = ["restore", str(measurement_file), "--model", form.model, "--solver", form.solver,
-            "--outer", _text(form.outer), "--inner", _text(form.inner), "--seed", _text(form.seed),
-            "--batch", _text(form.samples), "--out", str(out_dir), "--quiet", *extra]
-    if form.budget not in (None, "", 0):
-        argv += ["--budget", _text(form.budget)]
-    if form.eta is not None and str(form.eta).strip():
-        argv += ["--eta", _text(form.eta).strip()]
-    if studio.device is not None:
-        argv += ["--device", studio.device]
-    return parse_command(argv)
+def restore_request_for(studio, form, measurement_file, out_dir, given):
+    """The form as the `RestoreRequest` `ipsolve restore` would make of the same settings: each value
+    checked by the command line's own parser, a bad one refused in its words (`--outer: must be …`)."""
+    from ipsolve.config import SOLVERS
+    from ipsolve.services.restore_request import RestoreRequest
+
+    if form.solver not in SOLVERS:
+        raise ValueError(f"--solver: invalid choice: {form.solver!r} (choose from {', '.join(map(repr, SOLVERS))})")
+    budget = None if form.budget in (None, "", 0) else _checked(positive_int, form.budget, "--budget:")
+    eta = (_checked(unit_float, _text(form.eta).strip(), "--eta:")
+           if form.eta is not None and str(form.eta).strip() else None)
+    return RestoreRequest(
+        measurement=str(measurement_file), model=form.model, solver=form.solver,
+        outer=_checked(positive_int, form.outer, "--outer:"), inner=_checked(positive_int, form.inner, "--inner:"),
+        seed=_checked(seed_int, form.seed, "--seed:"), batch=_checked(positive_int, form.samples, "--batch:"),
+        budget=budget, eta=eta, out=str(out_dir), quiet=True, device=_device(studio), **given)
 
 
-def parse_command(argv):
-    """The `ipsolve` parser's Namespace for argv; its error becomes a ValueError with its one line."""
-    from ipsolve.cli import build_parser
-
-    errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(errors):
-            return build_parser(argv[0]).parse_args(argv)
-    except SystemExit:
-        text = errors.getvalue().strip().removeprefix("ipsolve: error: ")
-        text = text.split(" (see `")[0]
-        raise ValueError(text.replace("argument --", "--") or "invalid settings") from None
+def _device(studio):
+    return None if studio.device is None else _checked(device_name, studio.device, "--device:")
 
 
 def _text(value) -> str:
@@ -424,6 +496,7 @@ def _text(value) -> str:
 
 
 def _checked(parse, value, what):
+    """parse (one of `ipsolve.services.values`) applied to the value as typed; ValueError "WHAT reason"."""
     import argparse
 
     try:
@@ -434,7 +507,7 @@ def _checked(parse, value, what):
 
 def zip_folder(folder: Path, archive: Path) -> Path:
     """The run folder's files (not its lock) in one .zip, written atomically."""
-    from ipsolve.folder_lock import LOCK_NAME
+    from ipsolve.services.folder_lock import LOCK_NAME
     from ipsolve.imageio import atomic_path
 
     with atomic_path(archive) as tmp:
@@ -477,36 +550,27 @@ class GenerateSession:
     def __init__(self, studio: Studio, form: GenerateForm):
         import torch
 
-        from ipsolve import generation
-        from ipsolve.cli_support import resolve_device
         from ipsolve.feedback import Choice, Feedback
-        from ipsolve.models import load_model
+        from ipsolve.generation import generate, model_family
         from ipsolve.resources import check_fits, check_steps
+        from ipsolve.services.checks import resolve_device
+        from ipsolve.services.generate_run import conditioning
 
         studio.check_model(form.model)
         self.studio, self.form = studio, form
         self.job_dir = studio.new_job_dir("generate")
-        argv = ["generate", "--model", form.model, "--n", _text(form.n), "--outer", _text(form.outer),
-                "--inner", _text(form.inner), "--seed", _text(form.seed), "--out", str(self.job_dir / "run"),
-                "--quiet"]
-        if form.prompt and form.prompt.strip():
-            argv += ["--prompt", form.prompt.strip()]
-        if form.class_label is not None and _text(form.class_label).strip():
-            argv += ["--class", _text(form.class_label).strip()]
-        if studio.device is not None:
-            argv += ["--device", studio.device]
-        self.args = args = parse_command(argv)
-        self.device = device = resolve_device(args.device)
-        self.model = model = load_model(args.model, device=device)
-        check_steps(model, args.outer, args.inner)
-        check_fits(model, tuple(model.image_shape), args.n, device, force=False)
-        self.family = generation.model_family(model)
-        cond, self.encode, self.parse_cond, _ = generation._conditioning(args, model, self.family)
+        self.request = request = generate_request_for(studio, form, self.job_dir / "run")
+        self.device = device = resolve_device(request.device)
+        self.model = model = studio.load_model(request.model, device)
+        check_steps(model, request.outer, request.inner)
+        check_fits(model, tuple(model.image_shape), request.n, device, force=False)
+        self.family = model_family(model)
+        cond, self.encode, self.parse_cond, _ = conditioning(request, model, self.family)
         self._choice = Choice()
         self.feedback = Feedback({}, {}, self.encode, ask=lambda preview: self._choice)
         with torch.no_grad():
-            self.run = generation.generate(model, args.outer, args.inner, args.n, cond=cond,
-                                           generator=torch.Generator(device).manual_seed(args.seed))
+            self.run = generate(model, request.outer, request.inner, request.n, cond=cond,
+                                generator=torch.Generator(device).manual_seed(request.seed))
         self.steps = len(self.run.outer_timesteps)
         self.folder = None
         self.latest = None
@@ -518,7 +582,7 @@ class GenerateSession:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.args.out)
+        return Path(self.request.out)
 
     def stop(self) -> None:
         """Stop: the latest candidates stay the answer (the folder is finished at the next call or now)."""
@@ -540,7 +604,7 @@ class GenerateSession:
 
         from ipsolve.feedback import Choice, parse_indices
 
-        with self._lock, self.studio.model_lock(self.args.model):
+        with self._lock, self.studio.model_lock(self.request.model):
             if self.finished:
                 return self.view("the run has ended: start a new one")
             if self._stop.is_set():
@@ -551,12 +615,12 @@ class GenerateSession:
                     self.finish(interrupted=False)
                     return self.view()
                 keep = parse_indices(keep) if isinstance(keep, str) and keep.strip() else (list(keep) if keep else None)
-                if keep is not None and max(keep) >= self.args.n:
-                    raise ValueError(f"candidate {max(keep)} does not exist (there are {self.args.n}, from 0)")
+                if keep is not None and max(keep) >= self.request.n:
+                    raise ValueError(f"candidate {max(keep)} does not exist (there are {self.request.n}, from 0)")
                 cond = None
                 if cond_text not in (None, "") and self.family != "pixel":
                     cond = self.parse_cond(str(cond_text).strip())
-                    current = self.args.prompt if self.family == "sd" else self.args.class_label
+                    current = self.request.prompt if self.family == "sd" else self.request.class_label
                     last = self.prompt_changes[-1][1] if self.prompt_changes else current
                     cond = None if cond == last else cond
                 self._choice = Choice(keep=keep, cond=cond)
@@ -566,7 +630,7 @@ class GenerateSession:
                 self._choice = Choice()
             if self.folder is None:
                 self._start_folder()
-            from ipsolve.generation import write_preview
+            from ipsolve.services.generate_run import write_preview
 
             with torch.no_grad():
                 preview = next(self.run)
@@ -579,12 +643,12 @@ class GenerateSession:
             return self.view()
 
     def _start_folder(self):
-        from ipsolve.generation import _run_record
-        from ipsolve.run_folder import RunFolder
+        from ipsolve.services.generate_run import run_record
+        from ipsolve.services.run_folder import RunFolder
 
-        self.folder = RunFolder(self.args.out)
+        self.folder = RunFolder(self.request.out)
         self._start = time.perf_counter()
-        self.folder.start(_run_record(self.args, self.model, self.family, self.run, self.feedback, str(self.device),
+        self.folder.start(run_record(self.request, self.model, self.family, self.run, self.feedback, str(self.device),
                                       False, 0.0))
 
     def _write_candidates(self, images, step):
@@ -604,13 +668,14 @@ class GenerateSession:
         picks = {str(event["step"]): event["keep"] for event in self.feedback.events if "keep" in event}
         with atomic_path(self.run_dir / "picks.json") as tmp:
             Path(tmp).write_text(json.dumps(picks, indent=2) + "\n")
-        args = self.args
-        words = ["ipsolve", "generate", "--model", args.model, "--n", str(args.n), "--outer", str(args.outer),
-                 "--inner", str(args.inner), "--seed", str(args.seed), "--picks", "picks.json"]
-        if args.prompt is not None:
-            words += ["--prompt", args.prompt]
-        if args.class_label is not None:
-            words += ["--class", str(args.class_label)]
+        request = self.request
+        words = ["ipsolve", "generate", "--model", request.model, "--n", str(request.n),
+                 "--outer", str(request.outer), "--inner", str(request.inner), "--seed", str(request.seed),
+                 "--picks", "picks.json"]
+        if request.prompt is not None:
+            words += ["--prompt", request.prompt]
+        if request.class_label is not None:
+            words += ["--class", str(request.class_label)]
         flag = "--prompt-at" if self.family == "sd" else "--class-at"
         for step, value in self.prompt_changes:
             words += [flag, str(step), str(value)]
@@ -620,13 +685,13 @@ class GenerateSession:
                                  + shlex.join(words) + "\n")
 
     def finish(self, interrupted: bool) -> None:
-        from ipsolve.generation import _run_record
+        from ipsolve.services.generate_run import run_record
 
         if self.finished or self.folder is None:
             self.finished = True
             return
         self.finished = True
-        record = _run_record(self.args, self.model, self.family, self.run, self.feedback, str(self.device),
+        record = run_record(self.request, self.model, self.family, self.run, self.feedback, str(self.device),
                              interrupted, time.perf_counter() - self._start)
         self.folder.finish(record)
         self.archive = zip_folder(self.run_dir, self.job_dir / f"{self.job_dir.name}.zip")
@@ -652,6 +717,23 @@ class GenerateSession:
             view.status = (f"outer step {latest.step} of {self.steps} ({latest.nfe} NFE): click candidates to "
                            f"keep, change the prompt or class, then continue")
         return view
+
+
+def generate_request_for(studio, form, out_dir):
+    """The form as the `GenerateRequest` `ipsolve generate` would make of the same settings, each value
+    checked by the command line's own parser and a bad one refused in its words (`--n: must be …`)."""
+    from ipsolve.services.generate_run import GenerateRequest
+
+    prompt = form.prompt.strip() if form.prompt and form.prompt.strip() else None
+    class_label = None
+    if form.class_label is not None and _text(form.class_label).strip():
+        if prompt is not None:
+            raise ValueError("--class: not allowed with argument --prompt")
+        class_label = _checked(natural_int, _text(form.class_label).strip(), "--class:")
+    return GenerateRequest(
+        model=form.model, prompt=prompt, class_label=class_label, n=_checked(positive_int, form.n, "--n:"),
+        outer=_checked(positive_int, form.outer, "--outer:"), inner=_checked(positive_int, form.inner, "--inner:"),
+        seed=_checked(seed_int, form.seed, "--seed:"), out=str(out_dir), quiet=True, device=_device(studio))
 
 
 def start_generate(studio: Studio, session: str, form: GenerateForm) -> GenerateSession:

@@ -2,9 +2,10 @@
 
 `run_restore_job` restores a checked measurement with a loaded model and writes the run folder (every
 preview the moment it exists, then final.png, strip.png, anytime.gif and run.json; see
-`ipsolve.run_folder`). The command line and the studio both call it, so a run started from the page
-writes exactly the files `ipsolve restore` writes. Inputs are checked before by `ipsolve.cli`'s
-`_restore_inputs`; nothing is written before the folder is started.
+`ipsolve.services.run_folder`). The command line and the studio both call it (through
+`restore_request.run_restore_request`), so a run started from the page writes exactly the files `ipsolve
+restore` writes. Inputs are checked before by `restore_request.restore_inputs`; nothing is written before
+the folder is started.
 
 Stopping: Ctrl-C / SIGTERM (`KeyboardInterrupt`) or `should_stop()` returning True (checked after every
 network evaluation) end the run early; the latest preview stays the answer and run.json says
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ipsolve.run_folder import RunFolder, record_failure
+from ipsolve.services.run_folder import RunFolder, record_failure
 
 
 class StopRequested(Exception):
@@ -40,8 +41,8 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
                     on_nfe=None, should_stop=None) -> RestoreResult:
     """Restore `measurement` with `model` into the folder `out_dir`; return how it went.
 
-    options: outer, inner, budget, solver, eta, eta_b, step_size, batch, vanilla, seed (the parsed
-    `ipsolve restore` arguments); record: what run.json starts with (`ipsolve.cli._run_record`).
+    options: outer, inner, budget, solver, eta, eta_b, step_size, batch, vanilla, schedule, seed (a
+    `restore_request.RestoreRequest`); record: what run.json starts with (`restore_request.run_record`).
     clean: the clean image (C, H, W) in [0, 1] when known (the strip then shows each preview's PSNR).
     on_preview(preview, path) is called after each preview file is written, on_nfe(nfe) after every
     network evaluation; should_stop() is polled after every evaluation.
@@ -88,7 +89,7 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
 
 def _held(reraise: bool = True):
     """Ctrl-C / SIGTERM held during a block of file writes (signals exist only in the main thread)."""
-    from ipsolve.cli_support import deferred_interrupt
+    from ipsolve.services.interrupts import deferred_interrupt
 
     if threading.current_thread() is threading.main_thread():
         return deferred_interrupt(reraise=reraise)

@@ -33,16 +33,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import degradations
 import solvers
 import ipsolve
 from ipsolve import distributed, metrics, provenance
-from ipsolve.cli_support import check_writable_folder, device_name, folder_name, positive_int
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_config
-from ipsolve.folder_lock import folder_lock
 from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
+from ipsolve.services.checks import check_writable_folder
+from ipsolve.services.folder_lock import folder_lock
+from ipsolve.services.progress import CountProgress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -239,8 +239,7 @@ class Evaluator:
                 self.reused += len(batch) - len(pending)
                 if pending:
                     todo.append((run, batch, pending))
-        with tqdm(total=sum(len(p) for _, _, p in todo), desc="eval", unit="image",
-                  disable=not self.workers.is_main) as bar:
+        with CountProgress(sum(len(p) for _, _, p in todo), "eval", enabled=self.workers.is_main) as bar:
             for run, batch, pending in todo:
                 self._run_batch(run, self._operator(run.task), batch, pending)
                 bar.update(len(pending))
@@ -337,7 +336,7 @@ def check_folder(layout: OutputLayout, config: EvalConfig, overwrite: bool) -> d
 
 def clear_folder(layout: OutputLayout, earlier: dict) -> None:
     """Remove what an earlier evaluation wrote (its task folders, clean/, reports, manifest), nothing else."""
-    from ipsolve.eval_report import REPORT_FILES
+    from ipsolve.services.eval_report import REPORT_FILES
 
     for name in ["clean", *earlier.get("tasks", [])]:
         if name and "/" not in name and (layout.root / name).is_dir():
@@ -364,7 +363,7 @@ def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str 
     unless `overwrite`. In a torchrun job every rank calls this; rank 0 aggregates after a barrier, the
     others return {}.
     """
-    from ipsolve import eval_report
+    from ipsolve.services import eval_report
     from ipsolve.models import load_model
 
     if batch_size is not None:
@@ -400,37 +399,15 @@ def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str 
         distributed.stop(workers)
 
 
-# ------------------------------------------------------------------------------------------ command line
-def add_eval_arguments(parser) -> None:
-    """Arguments of `ipsolve eval`."""
-    parser.add_argument("--config", required=True,
-                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="folder of png/jpg images, sorted by name, fitted to the model's size")
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
-    parser.add_argument("--out", type=folder_name, default=None, metavar="DIR",
-                        help="output folder (default runs/eval-CONFIG); a rerun reuses every stored result "
-                        "that the same config, model, image and seed produced, and recomputes the rest")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results in --out when an evaluation of another config made them")
-    parser.add_argument("--model", help="model name or path, overriding the config's `model`")
-    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available, "
-                        "per rank)")
-    parser.add_argument("--batch-size", type=positive_int, metavar="B",
-                        help="images per solver batch (config's default)")
-    parser.add_argument("--no-fid", action="store_true", help="skip FID / KID (PSNR and LPIPS only)")
-
-
-def run_eval_command(args) -> int:
-    """`ipsolve eval`: run, then print where the tables are and how much was reused (rank 0)."""
-    config = load_eval_config(args.config)
-    if args.no_fid:
+def run_evaluation(config_name, data_dir, out_dir=None, *, model_name=None, limit=None, device=None,
+                   batch_size=None, overwrite=False, fid=True):
+    """`ipsolve eval`: the config by name or path (without FID / KID unless `fid`), into `out_dir` (default
+    runs/eval-CONFIG); (the output folder, `evaluate`'s report: None on ranks other than 0)."""
+    config = load_eval_config(config_name)
+    if not fid:
         config = replace(config, fid_mode=None)
-    out = Path(args.out or f"runs/eval-{Path(args.config).stem}")
+    out = Path(out_dir or f"runs/eval-{Path(config_name).stem}")
     check_writable_folder(out)
-    report = evaluate(config, args.data, out, model_name=args.model, limit=args.limit, device=args.device,
-                      batch_size=args.batch_size, overwrite=args.overwrite, config_file=str(args.config))
-    if report:
-        print(f"{out / 'table.md'}: {report['images']} images, {report['computed']} computed "
-              f"({report['replaced']} replacing results of other settings), {report['reused']} reused")
-    return 0
+    report = evaluate(config, data_dir, out, model_name=model_name, limit=limit, device=device,
+                      batch_size=batch_size, overwrite=overwrite, config_file=str(config_name))
+    return out, report

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ipsolve.figures import anytime_frames, anytime_strip
-from ipsolve.folder_lock import folder_lock
+from ipsolve.services.folder_lock import folder_lock
 from ipsolve.imageio import atomic_path, from_model, save_gif, save_image, save_picture
 from ipsolve.metrics import psnr
 
@@ -92,7 +92,7 @@ class RunFolder:
 
 def record_failure(folder: RunFolder, error: Exception) -> None:
     """Say in run.json why the run stopped (if the disk still takes it) and release the folder."""
-    from ipsolve.cli_support import one_line
+    from ipsolve.services.checks import one_line
 
     try:
         folder.update(status="failed", error=one_line(error))

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import ipsolve
 from ipsolve import distributed, provenance
-from ipsolve.cli_support import one_line
 from ipsolve.figures import measurement_picture
 from ipsolve.imageio import atomic_path
 from ipsolve.restore import Preview, restore_batch
-from ipsolve.run_folder import RunFolder, record_failure
+from ipsolve.services.checks import one_line
+from ipsolve.services.progress import CountProgress
+from ipsolve.services.run_folder import RunFolder, record_failure
 
 INDEX_COLUMNS = ("index", "source", "task", "nfe", "seconds", "status", "folder")
 
@@ -122,7 +122,7 @@ def restore_folder(folder, out, model, read, settings: BatchSettings, *, batch_s
         if stored.get("status") == "done" and stored.get("key") == job.key:
             job.status, job.nfe, job.seconds = "reused", stored.get("nfe", 0), stored.get("elapsed_s", 0.0)
     pending = [job for job in jobs if job.status == "pending"]
-    with tqdm(total=len(pending), desc="restore", unit="image", disable=not (progress and workers.is_main)) as bar:
+    with CountProgress(len(pending), "restore", enabled=progress and workers.is_main) as bar:
         for group in _groups(pending):
             for start in range(0, len(group), batch_size):
                 _solve(group[start:start + batch_size], out, model, settings, workers.device, bar)
@@ -168,7 +168,7 @@ def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, 
         for row, run_folder in enumerate(folders):
             run_folder.add_preview(Preview(preview.x0[row:row + 1], preview.nfe, preview.step),
                                    time.perf_counter() - start)
-        bar.set_postfix(nfe=preview.nfe)
+        bar.note(nfe=preview.nfe)
 
     try:
         restore_batch(y, first.op, first.sigma_y, model, settings.outer, settings.inner, budget=settings.budget,

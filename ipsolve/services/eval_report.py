@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import ipsolve
 from ipsolve import metrics
 from ipsolve.imageio import atomic_path
+from ipsolve.services.progress import CountProgress
 
 REPORT_FILES = ("per_image.csv", "results.csv", "table.md", "curves.png", "results.json")
 PER_IMAGE_COLUMNS = ("task", "method", "budget", "nfe", "index", "source", "psnr", "lpips")
@@ -62,20 +62,22 @@ def summarise(config, layout, records: list[dict], device) -> list[dict]:
                                            mode=config.fid_mode, device=device)
     rows = []
     groups = list(itertools.product(config.tasks, config.methods, config.budgets))
-    for task, method, budget in tqdm(groups, desc="FID / KID", unit="set", disable=not fid_enabled):
-        group = [r for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
-        fid = kid = math.nan
-        if fid_enabled:
-            files = [layout.output(task.name, method.name, budget, i) for i in range(count)]
-            features = metrics.image_features(files, extractor, mode=config.fid_mode, device=device)
-            fid = metrics.fid_from_features(features, reference)
-            kid = metrics.kid_from_features(features, reference)
-        to_final = consistency(records, task.name, method, budget, config.budgets[-1])
-        rows.append({"task": task.name, "method": method.name, "budget": budget,
-                     "nfe": group[0]["nfe"], "images": len(group),
-                     "psnr": float(np.mean([r["psnr"] for r in group])),
-                     "lpips": float(np.mean([r["lpips"] for r in group])), "fid": fid, "kid": kid,
-                     "to_final_mse": to_final["mse"], "to_final_lpips": to_final["lpips"]})
+    with CountProgress(len(groups), "FID / KID", unit="set", enabled=fid_enabled) as progress:
+        for task, method, budget in groups:
+            group = [r for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
+            fid = kid = math.nan
+            if fid_enabled:
+                files = [layout.output(task.name, method.name, budget, i) for i in range(count)]
+                features = metrics.image_features(files, extractor, mode=config.fid_mode, device=device)
+                fid = metrics.fid_from_features(features, reference)
+                kid = metrics.kid_from_features(features, reference)
+                progress.update()
+            to_final = consistency(records, task.name, method, budget, config.budgets[-1])
+            rows.append({"task": task.name, "method": method.name, "budget": budget,
+                         "nfe": group[0]["nfe"], "images": len(group),
+                         "psnr": float(np.mean([r["psnr"] for r in group])),
+                         "lpips": float(np.mean([r["lpips"] for r in group])), "fid": fid, "kid": kid,
+                         "to_final_mse": to_final["mse"], "to_final_lpips": to_final["lpips"]})
     return rows
 
 

@@ -1,0 +1,38 @@
+"""`ipsolve eval`: its arguments, and the line it prints after the evaluation service
+(`ipsolve.services.evaluation`). Imported only when the command runs."""
+from __future__ import annotations
+
+from ipsolve.services.values import device_name, folder_name, positive_int
+
+
+def add_eval_arguments(parser) -> None:
+    """Arguments of `ipsolve eval`."""
+    parser.add_argument("--config", required=True,
+                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="folder of png/jpg images, sorted by name, fitted to the model's size")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
+    parser.add_argument("--out", type=folder_name, default=None, metavar="DIR",
+                        help="output folder (default runs/eval-CONFIG); a rerun reuses every stored result "
+                        "that the same config, model, image and seed produced, and recomputes the rest")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results in --out when an evaluation of another config made them")
+    parser.add_argument("--model", help="model name or path, overriding the config's `model`")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available, "
+                        "per rank)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="B",
+                        help="images per solver batch (config's default)")
+    parser.add_argument("--no-fid", action="store_true", help="skip FID / KID (PSNR and LPIPS only)")
+
+
+def run_eval(args) -> int:
+    """`ipsolve eval`: run, then print where the tables are and how much was reused (rank 0)."""
+    from ipsolve.services.evaluation import run_evaluation
+
+    out, report = run_evaluation(args.config, args.data, args.out, model_name=args.model, limit=args.limit,
+                                 device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
+                                 fid=not args.no_fid)
+    if report:
+        print(f"{out / 'table.md'}: {report['images']} images, {report['computed']} computed "
+              f"({report['replaced']} replacing results of other settings), {report['reused']} reused")
+    return 0
