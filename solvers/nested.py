@@ -108,10 +108,7 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
         require_svd(inner_kwargs["op"], inner)
     if eta_outer < 0:
         raise ValueError(f"eta_outer must be non-negative, got {eta_outer}")
-    if schedule is None:
-        schedule = "matched" if "y" in INNER_OPTIONS[inner] else "paper"
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    schedule = _schedule(inner, schedule)
     outer_grid, inner_grids = _plan(model, inner, outer_steps, inner_steps, outer_timesteps, inner_schedule,
                                     inner_grid, budget, schedule)
     if x_T is None and inner == "ddrm":
@@ -240,9 +237,19 @@ def plan(model, inner: str = "ddrm", outer_steps: int | None = None, inner_steps
          schedule: str | None = None, inner_schedule: str = "uniform") -> tuple[list[int], list[list[int]]]:
     """(outer times, inner grids) that `nested` would run with these arguments, without running anything
     (ValueError when they cannot be planned): a caller can check a request before it writes anything."""
-    if schedule is None:
-        schedule = "matched" if "y" in INNER_OPTIONS[inner] else "paper"
+    if inner not in INNER_SAMPLERS:
+        raise ValueError(f"inner sampler {inner!r} is not one of {', '.join(INNER_SAMPLERS)}")
+    schedule = _schedule(inner, schedule)
     return _plan(model, inner, outer_steps, inner_steps, None, inner_schedule, None, budget, schedule)
+
+
+def _schedule(inner, schedule):
+    """`schedule` checked, or by default "matched" for inner samplers that take y, else "paper"."""
+    if schedule is None:
+        return "matched" if "y" in INNER_OPTIONS[inner] else "paper"
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    return schedule
 
 
 def inner_run_lengths(outer_steps: int, inner_steps, budget: int | None = None,

@@ -87,6 +87,17 @@ def test_planned_inner_counts():
         solvers.planned_inner_counts([3, 3], 0)
 
 
+def test_planned_inner_counts_by_hand():
+    """A budget ending exactly where a run ends keeps that run; the calls left after flooring the shares go
+    to the largest remainders: 20 over [10, 5, 10] keeps [10, 5], shares 13⅓, 6⅔ → [13, 7]; 11 over
+    [7, 3, 5] keeps [7, 3], shares 7.7, 3.3 → [8, 3]."""
+    assert solvers.planned_inner_counts([5, 5, 5], 10) == [5, 5]
+    assert solvers.planned_inner_counts([10, 5, 10], 20) == [13, 7]
+    assert solvers.planned_inner_counts([7, 3, 5], 11) == [8, 3]
+    with pytest.raises(ValueError, match="at least 1"):
+        solvers.planned_inner_counts([3, 0])
+
+
 def test_matched_grids_step_like_plain_ddrm_with_the_calls_made_so_far():
     grids = solvers.matched_inner_timesteps([10, 10, 10], reach=1.0)
     assert grids == [solvers.ddrm_timesteps(10), solvers.ddrm_timesteps(20)[-10:], solvers.ddrm_timesteps(30)[-10:]]
@@ -98,6 +109,27 @@ def test_matched_grids_step_like_plain_ddrm_with_the_calls_made_so_far():
     assert [g[0] for g in solvers.matched_inner_timesteps([2, 20])] == [500, 855]  # 19 × (1000 // 22)
     many = solvers.matched_inner_timesteps([5] * 200)  # tails coincide at the end: equal outer times
     assert many[-1] == [4, 3, 2, 1, 0] and all(a[0] >= b[0] for a, b in zip(many, many[1:]))
+
+
+def test_matched_grids_by_hand():
+    """Counts 6, 5: run 1 is plain DDRM for 6 calls (skip 166); run 2 ends after 11 calls, on plain DDRM's
+    grid for 11 (skip 90), tail 360…0; reach 0.8 starts it at round(0.8 × 360) = 288 instead, evenly spaced.
+    With the generation samplers' plain grid (evenly spaced on [0, 999]) run 2 (7 calls in all) is that
+    grid's exact tail, not re-spaced from its top. Near t = 0 a lower start keeps `count` distinct times."""
+    first = [830, 664, 498, 332, 166, 0]
+    assert solvers.matched_inner_timesteps([6, 5], reach=0.8) == [first, [288, 216, 144, 72, 0]]
+    assert solvers.matched_inner_timesteps([6, 5]) == [first, [360, 270, 180, 90, 0]]
+    def generation(n, num_train):
+        return solvers.inner_timesteps(num_train - 1, n)
+
+    assert solvers.inner_timesteps(999, 7) == [999, 832, 666, 500, 333, 166, 0]
+    assert solvers.matched_inner_timesteps([3, 4], generation) == [[999, 500, 0], [500, 333, 166, 0]]
+    assert solvers.matched_inner_timesteps([5] * 200, reach=0.8)[-1] == [4, 3, 2, 1, 0]
+
+
+def test_plain_and_matched_grids_follow_the_schedule_length():
+    assert solvers.plain_ddrm_timesteps(5, 50) == [40, 30, 20, 10, 0]
+    assert solvers.matched_inner_timesteps([2, 3], num_train=50) == [[25, 0], [20, 10, 0]]
 
 
 def test_very_many_outer_steps_run(prior, measurement):
@@ -114,3 +146,38 @@ def test_generation_keeps_the_paper_schedule_by_default(prior):
     assert matched.inner_timesteps[0] == solvers.inner_timesteps(999, 4)
     first = next(matched).x0
     assert torch.equal(first, solvers.ddim(prior, x_T, solvers.inner_timesteps(999, 4)))
+
+
+@pytest.mark.parametrize("inner, options", [
+    ("ddrm", dict(outer_steps=3, inner_steps=10)), ("ddrm", dict(outer_steps=4, inner_steps=5, budget=16)),
+    ("ddrm", dict(outer_steps=3, inner_steps=10, schedule="paper")),
+    ("ddrm", dict(outer_steps=4, inner_steps=20, inner_schedule="front")),
+    ("ddim", dict(outer_steps=3, inner_steps=4)), ("ddim", dict(outer_steps=3, inner_steps=4, schedule="matched"))])
+def test_plan_is_what_nested_runs(prior, measurement, inner, options):
+    """restore checks a request with solvers.plan before writing anything: its (outer times, inner grids) are
+    the ones the nested run then uses (schedule by default matched for ddrm, paper for generation)."""
+    given = measurement if inner == "ddrm" else {"shape": (1, 1, 4, 4)}
+    run = solvers.nested(prior, inner, **options, **given)
+    assert solvers.plan(prior, inner, **options) == (run.outer_timesteps, run.inner_timesteps)
+
+
+@pytest.mark.parametrize("inner, schedule, message", [("ddrm", "matchd", "schedule 'matchd' is not one of"),
+                                                       ("ddim", "Paper", "schedule 'Paper' is not one of"),
+                                                       ("ddrn", None, "inner sampler 'ddrn' is not one of")])
+def test_plan_refuses_what_nested_refuses(prior, inner, schedule, message):
+    """plan promises a ValueError whenever nested could not run the request (here: a misspelt name)."""
+    with pytest.raises(ValueError, match=message):
+        solvers.plan(prior, inner, 3, 10, schedule=schedule)
+
+
+def test_plan_defaults_to_ddrm_on_the_matched_schedule(prior):
+    grids = solvers.matched_inner_timesteps([10, 10, 10])
+    assert solvers.plan(prior, outer_steps=3, inner_steps=10) == ([g[0] for g in grids], grids)
+
+
+
+def test_generation_on_the_matched_schedule_takes_the_plain_grids_tails(prior):
+    """Generation's plain grid is evenly spaced on [0, 999]; the matched runs take its tails as they are
+    (7 calls: 999, 832, 666, 500, 333, 166, 0; see test_matched_grids_by_hand)."""
+    grids = [[999, 500, 0], [500, 333, 166, 0]]
+    assert solvers.plan(prior, "ddim", 2, [3, 4], schedule="matched") == ([999, 500], grids)

@@ -214,6 +214,24 @@ def test_ddrm_top_time_follows_the_models_schedule_length():
     assert [p.nfe for p in run] == [5, 10]
 
 
+def test_matched_grids_follow_the_models_schedule_length():
+    """5 + 5 calls on 500 steps: plain DDRM's grids for 5 and 10 calls (skips 100, 50), 400…0 and the
+    tail 200…0 (not 800…0 and 400…0 of a 1000-step schedule)."""
+    op = degradations.make("sr2", channels=1, image_size=(4, 4))
+    y = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    run = solvers.nested(ShortSchedule(), "ddrm", outer_steps=2, inner_steps=5, y=y, op=op, sigma_y=0.1)
+    assert run.inner_timesteps == [[400, 300, 200, 100, 0], [200, 150, 100, 50, 0]]
+
+
+def test_a_custom_inner_grid_replaces_the_matched_grids_from_their_outer_times(prior, measurement):
+    """Matched outer times for 5 + 5 calls are 800 and 400; the custom grid halves the rest of each run."""
+    def halving(t, count):
+        return [t] + solvers.inner_timesteps(t // 2, count - 1)
+
+    run = solvers.nested(prior, "ddrm", outer_steps=2, inner_steps=5, inner_grid=halving, **measurement)
+    assert run.inner_timesteps == [[800, 400, 267, 133, 0], [400, 200, 133, 67, 0]]
+
+
 def test_a_budget_of_one_call_gives_one_preview():
     prior = random_gaussian_prior((1, 2, 2), torch.Generator().manual_seed(0))
     x_T = torch.zeros(1, 1, 2, 2, dtype=torch.float64)

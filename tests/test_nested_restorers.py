@@ -95,3 +95,17 @@ def test_restorer_options_are_checked():
     run = solvers.nested(prior, "dps", outer_steps=2, inner_steps=3, y=y, forward=op.H, shape=(1, 1, 4, 4),
                          generator=generator())
     assert list(run)[-1].x0.dtype == torch.float64
+
+
+def noise_from(seed):
+    g = generator(seed)
+    return lambda shape: torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("inner", ["ddnm", "pigdm", "dps"])
+def test_one_outer_step_is_the_plain_solver_with_draws_from_a_noise_callable(inner):
+    """The starting noise of ddnm, pigdm and dps comes from `noise`, as when they run alone."""
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    run = solvers.nested(prior, inner, outer_steps=1, inner_steps=8, noise=noise_from(1), **options(inner, op, y, 0.1))
+    (preview,) = list(run)
+    assert torch.equal(preview.x0, plain(inner, prior, op, y, 0.1, run.inner_timesteps[0], noise=noise_from(1)))

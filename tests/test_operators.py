@@ -313,3 +313,114 @@ def test_bad_inputs_raise_value_errors():
         op.H_pinv(torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match=r"shape \(B, 48\)"):
         op.V(torch.zeros(1, 47))
+
+
+# ---------------------------------------------------------------- argument checks, bound by bound
+@pytest.mark.parametrize("call, message", [
+    (lambda: degradations.Denoising(channels=0, image_size=(4, 4)), "channels must be a positive integer, got 0"),
+    (lambda: degradations.Denoising(channels=2.0, image_size=(4, 4)), "channels must be a positive integer, got 2.0"),
+    (lambda: degradations.Denoising(channels=True, image_size=(4, 4)), "channels must be a positive integer, got True"),
+    (lambda: degradations.SuperResolution(factor=0, image_size=(4, 4)), "positive integer, got 0"),
+    (lambda: degradations.SuperResolution(factor=2.0, image_size=(4, 4)), "positive integer, got 2.0"),
+    (lambda: degradations.SuperResolution(factor=True, image_size=(4, 4)), "positive integer, got True"),
+    (lambda: degradations.Denoising(image_size=(4, 0)), r"two positive integers \(H, W\), got \(4, 0\)"),
+    (lambda: degradations.Denoising(image_size=(4, 4.5)), r"two positive integers \(H, W\), got \(4, 4.5\)"),
+    (lambda: degradations.random_mask((4, 4), fraction=0), r"observed fraction must be in \(0, 1\], got 0"),
+    (lambda: degradations.random_mask((4, 4), fraction=1.5), r"observed fraction must be in \(0, 1\], got 1.5"),
+])
+def test_each_bound_of_the_parameter_checks_is_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_smallest_valid_parameters_are_accepted():
+    x = torch.randn(2, 1, 1, 5, dtype=F64)
+    torch.testing.assert_close(degradations.Denoising(channels=1, image_size=(1, 5)).H(x), x, rtol=0, atol=0)
+    x = torch.randn(2, 1, 5, 1, dtype=F64)
+    torch.testing.assert_close(degradations.Denoising(channels=1, image_size=(5, 1)).H(x), x, rtol=0, atol=0)
+    # factor 1: H is the identity, V = I (the Householder completion of e₁ is I itself)
+    op = degradations.SuperResolution(factor=1, channels=2, image_size=(3, 4))
+    x = torch.randn(2, 2, 3, 4, dtype=F64)
+    torch.testing.assert_close(op.H(x), x, rtol=0, atol=0)
+    torch.testing.assert_close(op.Vt(x), x.reshape(2, -1), rtol=0, atol=0)
+    assert torch.equal(degradations.random_mask((3, 5), fraction=1), torch.ones(3, 5, dtype=torch.bool))
+
+
+def test_orthogonal_completion_starts_with_the_unit_vector_and_is_orthogonal():
+    from degradations.base import orthogonal_completion
+
+    for unit in (torch.tensor([1.0, 0, 0], dtype=F64), torch.tensor([0.6, 0, 0.8], dtype=F64),
+                 torch.tensor([0.0, 1.0], dtype=F64)):
+        q = orthogonal_completion(unit)
+        assert q.dtype == F64
+        torch.testing.assert_close(q[:, 0], unit, rtol=0, atol=1e-15)
+        torch.testing.assert_close(q.T @ q, torch.eye(unit.numel(), dtype=F64), rtol=0, atol=1e-15)
+
+
+def test_operators_default_to_rgb_images():
+    assert degradations.Denoising(image_size=(2, 2)).input_shape == (3, 2, 2)
+    assert degradations.SuperResolution(2, image_size=(2, 2)).input_shape == (3, 2, 2)
+    assert degradations.Inpainting(torch.ones(2, 2, dtype=torch.bool)).input_shape == (3, 2, 2)
+
+
+def test_singulars_are_float64_whatever_the_subclass_gives():
+    op = degradations.base.SVDOperator((1, 1, 2), (1, 1, 2), torch.tensor([0.5, 0.25]), "half")
+    assert op.singulars().dtype == F64 and op.singulars().tolist() == [0.5, 0.25]
+
+
+def test_bad_input_messages_name_the_argument_and_the_expected_shape():
+    op = degradations.make("sr2", channels=3, image_size=(4, 4))
+    for call, what in [(lambda: op.H([1.0]), "image batch"), (lambda: op.H_pinv([1.0]), "measurement"),
+                       (lambda: op.V([1.0]), "spectral vector"), (lambda: op.U([1.0]), "vector of kept coefficients")]:
+        with pytest.raises(ValueError, match=f"^the {what} must be a torch.Tensor, got list$"):
+            call()
+    with pytest.raises(ValueError, match=r"^sr2 expects measurements of shape \(B, 3, 2, 2\), got \(1, 3, 4, 4\);"):
+        op.H_pinv(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("mask, shown", [([[True]], "list"), (torch.ones(2, 2, 2, dtype=torch.bool), r"\(2, 2, 2\)")])
+def test_a_mask_of_the_wrong_kind_is_refused_naming_what_it_is(mask, shown):
+    with pytest.raises(ValueError, match=f"must be a bool tensor \\(H, W\\), True = observed; got {shown}$"):
+        degradations.Inpainting(mask)
+
+
+def test_random_mask_defaults_to_ddrms_half_mask_from_seed_0():
+    expected = torch.ones(16, dtype=torch.bool)
+    expected[torch.randperm(16, generator=torch.Generator().manual_seed(0))[:8]] = False
+    assert torch.equal(degradations.random_mask((4, 4)), expected.reshape(4, 4))
+
+
+@pytest.mark.parametrize("box", [(-1, 0, 2, 2), (0, -1, 2, 2), (0, 0, 0, 2), (0, 0, 2, 0), (3, 0, 2, 2), (0, 5, 2, 2)],
+                         ids=["top", "left", "height", "width", "bottom", "right"])
+def test_a_box_not_inside_the_image_is_refused(box):
+    with pytest.raises(ValueError, match=rf"box \({', '.join(map(str, box))}\) = \(top, left, height, width\) "
+                                         r"must lie inside the 4x6 image"):
+        degradations.box_mask((4, 6), box)
+
+
+@pytest.mark.parametrize("box", [(0, 0, 1, 1), (1, 2, 3, 4)], ids=["top-left-pixel", "touching-bottom-right"])
+def test_a_box_reaching_the_image_edges_is_accepted(box):
+    top, left, height, width = box
+    expected = torch.ones(4, 6, dtype=torch.bool)
+    for row in range(top, top + height):
+        for column in range(left, left + width):
+            expected[row, column] = False
+    assert torch.equal(degradations.box_mask((4, 6), box), expected)
+
+
+def test_the_default_box_of_a_one_row_image_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"box \(0, 1, 0, 2\) = \(top, left, height, width\) must lie inside the 1x4"):
+        degradations.box_mask((1, 4))
+
+
+def test_load_mask_reads_rgb_files_and_refuses_grey_pixels(tmp_path):
+    from PIL import Image
+
+    pixels = torch.zeros(6, 9, 3, dtype=torch.uint8)
+    pixels[2:, 3:] = 255
+    Image.fromarray(pixels.numpy(), "RGB").save(tmp_path / "rgb.png")
+    assert torch.equal(degradations.load_mask(tmp_path / "rgb.png"), pixels[..., 0] == 255)
+    pixels[0, 0] = 128
+    Image.fromarray(pixels.numpy(), "RGB").save(tmp_path / "grey.png")
+    with pytest.raises(ValueError, match="is not a binary mask: 1 of its 54 pixels are neither black nor white"):
+        degradations.load_mask(tmp_path / "grey.png")

@@ -85,6 +85,22 @@ def test_matmul_is_compose_in_matrix_order():
     torch.testing.assert_close(op.H(x), mask.H(blur.H(x)), rtol=0, atol=0)
     twice = degradations.make("deblur_uni", channels=1, image_size=(6, 6), width=5) @ blur
     assert (mask @ twice).name == "deblur_uni+deblur_uni+inp" and len((mask @ twice).parts) == 3
+    assert (mask @ twice).measurement_shape == mask.measurement_shape
+    after = op @ twice  # a composition on the left: its parts come last
+    assert after.name == "deblur_uni+deblur_uni+deblur_uni+inp"
+    torch.testing.assert_close(after.H(x), op.H(twice.H(x)), rtol=0, atol=0)
+    assert repr(blur) == f"Deblurring({blur.spec()})" and repr(op) == f"ComposedOperator({op.spec()})"
+
+
+def test_pinv_iterations_caps_the_conjugate_gradient_steps():
+    """One iteration is one CG step on HᵀH x = Hᵀy from 0: x₁ = (bᵀb / bᵀHᵀHb) b with b = Hᵀy."""
+    blur = degradations.make("deblur_uni", channels=1, image_size=(6, 6), width=3)
+    mask = degradations.make("inp", channels=1, image_size=(6, 6), seed=2)
+    op = degradations.compose(blur, mask, pinv_iterations=1)
+    y = randn(1, 1, 18)
+    b = op.Ht(y)
+    step = (b * b).sum() / (op.H(b) * op.H(b)).sum()
+    torch.testing.assert_close(op.H_pinv(y), step * b, rtol=1e-12, atol=1e-12)
 
 
 def test_make_by_name_chains_the_image_sizes():
@@ -140,6 +156,33 @@ def test_saturation_is_the_formula_and_round_trips():
     assert degradations.make(**json.loads(json.dumps(op.spec()))).spec() == op.spec()
     with pytest.raises(ValueError, match="gain"):
         degradations.make("saturate", gain=-1.0)
+
+
+def test_saturation_defaults_to_gain_two_on_rgb():
+    x = randn(1, 3, 2, 2)
+    expected = torch.tanh(2 * x) / torch.tanh(torch.tensor(2.0, dtype=F64))
+    torch.testing.assert_close(degradations.Saturation(image_size=(2, 2)).H(x), expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("gain", [0, 0.0, 50, 50.0, -1.0, True, "2"])
+def test_saturation_gain_outside_zero_to_fifty_is_refused(gain):
+    with pytest.raises(ValueError, match=r"gain must be a number in \(0, 50\), got"):
+        degradations.Saturation(gain=gain, channels=1, image_size=(2, 2))
+
+
+@pytest.mark.parametrize("gain", [0.5, 1, 49.5])
+def test_saturation_gains_inside_the_range_are_the_formula(gain):
+    x = randn(1, 1, 2, 2) * 0.1
+    expected = torch.tanh(gain * x) / torch.tanh(torch.tensor(float(gain), dtype=F64))
+    torch.testing.assert_close(degradations.Saturation(gain, channels=1, image_size=(2, 2)).H(x), expected,
+                               rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("x, shown", [([0.5], "list"), (torch.zeros(1, 3, 4, 5), r"\(1, 3, 4, 5\)")])
+def test_saturation_refuses_other_inputs_naming_them(x, shown):
+    op = degradations.Saturation(channels=3, image_size=(4, 6))
+    with pytest.raises(ValueError, match=rf"^saturate expects images of shape \(B, 3, 4, 6\), got {shown}$"):
+        op.H(x)
 
 
 def test_saturation_measurement_file_round_trip(tmp_path):

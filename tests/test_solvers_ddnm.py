@@ -54,6 +54,29 @@ def test_schedule_is_the_reference_jump_schedule(run):
     assert steps + [-1] == run["schedule"]
 
 
+def test_each_jump_point_is_reached_travel_repeat_times():
+    """4 steps of 250, travel 1 unit, repeat 3: 500, 250 and 0 are each reached three times, jumping one
+    unit back up twice after each (by hand from the reference's get_schedule_jump)."""
+    assert solvers.time_travel_timesteps(4, 1, 3) == [750, 500, 750, 500, 750, 500, 250, 500, 250, 500, 250,
+                                                      0, 250, 0, 250, 0]
+
+
+@pytest.mark.parametrize("steps, num_train, expected", [
+    (1, 1000, [0]), (7, 1000, [852, 710, 568, 426, 284, 142, 0]), (1000, 1000, list(range(999, -1, -1))),
+    (5, 50, [40, 30, 20, 10, 0])])
+def test_without_travel_the_schedule_is_the_integer_grid(steps, num_train, expected):
+    """travel_repeat = 1: (steps − 1 − i)·(T // steps), in ints, for the extreme step counts too."""
+    kwargs = {} if num_train == 1000 else {"num_train_steps": num_train}
+    grid = solvers.time_travel_timesteps(steps, 3, 1, **kwargs)
+    assert grid == expected and all(type(t) is int for t in grid)
+
+
+@pytest.mark.parametrize("args", [(0, 1, 1), (1001, 1, 1), (10, 0, 2), (10, 3, 0)])
+def test_time_travel_arguments_out_of_range_are_refused(args):
+    with pytest.raises(ValueError, match="steps must lie in|must be ≥ 1"):
+        solvers.time_travel_timesteps(*args)
+
+
 def published_ddnm(run, rotate):
     """An independent mean path of the reference code from H and H⁺ alone (every operator in the file has
     one singular value s, so λ and the noise factors take one value on the range and one on the null
@@ -122,6 +145,26 @@ def test_time_travel_reuses_the_uncorrected_x0():
     torch.testing.assert_close(infos[1]["x"], a.sqrt() * infos[0]["x0"], rtol=1e-12, atol=1e-12)
 
 
+def test_a_step_up_adds_fresh_noise_in_image_space():
+    """700 → 600 → 700: x₇₀₀ = √ᾱ₇₀₀ x̂₀ + √(1−ᾱ₇₀₀) V z, z the second step's draw (x̂₀ of the first call)."""
+    prior, op, y = gaussian_problem("sr2", 0.0)
+    draws = iter(torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    infos = []
+    solvers.ddnm(prior, y, op, 0.0, [700, 600, 700], eta=0.5, x_T=torch.zeros(1, 1, 4, 4, dtype=torch.float64),
+                 noise=lambda shape: next(draws), callback=infos.append)
+    z = torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)[1]
+    a = prior.alphas_cumprod[700]
+    torch.testing.assert_close(infos[1]["x"], a.sqrt() * infos[0]["x0"] + (1 - a).sqrt() * op.V(z),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_cond_reaches_every_model_call():
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    model, label = Recorder(prior), torch.tensor([7])
+    solvers.ddnm(model, y, op, 0.1, [700, 400, 700, 100], cond=label, generator=torch.Generator().manual_seed(0))
+    assert len(model.calls) == 3 and all(cond is label for _, cond in model.calls)
+
+
 @pytest.mark.parametrize("kind", ["sr2", "rank-deficient"])
 def test_noiseless_ddnm_is_consistent_with_y_and_keeps_the_null_space(kind):
     """σ_y = 0: the result satisfies H x = y exactly, and its null-space part is the last x̂₀'s; also for a
@@ -167,11 +210,30 @@ def test_one_step_by_hand_ddnm_plus(t_next):
     torch.testing.assert_close(infos[1]["x"], expected, rtol=1e-12, atol=1e-12)
 
 
+def test_a_coordinate_exactly_as_noisy_as_y_takes_the_plain_ddnm_step():
+    """σ' = a'σ_y/s exactly (denoising, s = 1, σ_y = σ'/a' at t' = 50): neither DDNM+ case applies and the
+    published code (`published_ddnm` above) takes the plain DDNM step, λ = 1, x' = a'y + σ'η z + σ'√(1−η²) ε̂."""
+    eta = 0.6
+    prior, op, y = gaussian_problem("deno", 0.2)
+    a_n = prior.alphas_cumprod[50]
+    a, sigma = a_n.sqrt(), (1 - a_n).sqrt()
+    sigma_y = float(sigma / a)
+    assert a * sigma_y == sigma  # exactly, in float64
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    z = torch.randn(1, 16, generator=g, dtype=torch.float64)
+    infos = []
+    solvers.ddnm(prior, y, op, sigma_y, [600, 50], eta=eta, x_T=x_t, noise=lambda shape: z, callback=infos.append)
+    eps = prior(x_t, torch.tensor([600]))
+    expected = a * y + sigma * eta * z.reshape(y.shape) + sigma * math.sqrt(1 - eta**2) * eps
+    torch.testing.assert_close(infos[1]["x"], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_operator_without_svd_fails_at_once():
     prior, op, y = gaussian_problem("sr2", 0.0)
     blind = degradations.compose(op, degradations.make("deno", channels=1, image_size=(2, 2)))
     model = Recorder(prior)
-    with pytest.raises(ValueError, match="pigdm or dps"):
+    with pytest.raises(ValueError, match=r"^ddnm needs an operator with an SVD .* use pigdm or dps"):
         solvers.ddnm(model, y, blind, 0.0, [500, 0])
     assert not model.calls
 
@@ -183,6 +245,22 @@ def test_bad_timesteps_and_eta():
             solvers.ddnm(prior, y, op, 0.0, steps)
     with pytest.raises(ValueError, match="eta"):
         solvers.ddnm(prior, y, op, 0.0, [500, 0], eta=1.5)
+
+
+def test_one_timestep_and_eta_one_are_accepted():
+    """A single step 500 → ᾱ = 1 is one call; η = 1 (all fresh noise) on noiseless denoising gives
+    x_{t'} = a' y + σ' z after the first step."""
+    prior, op, y = gaussian_problem("deno", 0.0)
+    model = Recorder(prior)
+    torch.testing.assert_close(solvers.ddnm(model, y, op, 0.0, [500]), y, rtol=0, atol=1e-12)
+    assert len(model.calls) == 1
+    z = torch.randn(1, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    infos = []
+    solvers.ddnm(prior, y, op, 0.0, [600, 300], eta=1.0, x_T=torch.zeros_like(y), noise=lambda shape: z,
+                 callback=infos.append)
+    a = prior.alphas_cumprod[300]
+    torch.testing.assert_close(infos[1]["x"], a.sqrt() * y + (1 - a).sqrt() * z.reshape(y.shape),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_callback_contract_dtype_and_generator():

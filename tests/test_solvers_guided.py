@@ -126,6 +126,9 @@ def test_dps_one_step_by_hand():
     expected = mean + (beta * (1 - a_next) / (1 - a)).sqrt() * z.reshape(-1) - 0.7 * grad
     torch.testing.assert_close(infos[1]["x"].reshape(-1), expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(infos[0]["distance"], r.norm().reshape(1), rtol=1e-10, atol=1e-10)
+    infos = []  # without step_size: the default ζ = 1, i.e. 0.3 more of the same gradient
+    solvers.dps(prior, y, op, [600, 350], x_T=x_t.reshape(1, 1, 4, 4), noise=lambda shape: z, callback=infos.append)
+    torch.testing.assert_close(infos[1]["x"].reshape(-1), expected - 0.3 * grad, rtol=1e-10, atol=1e-10)
 
 
 def test_dps_without_guidance_is_ddpm():
@@ -134,6 +137,35 @@ def test_dps_without_guidance_is_ddpm():
     grid = solvers.ddrm_timesteps(10)
     out = solvers.dps(prior, y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13))
     torch.testing.assert_close(out, solvers.ddpm(prior, x_T, grid, generator=generator(13)), rtol=0, atol=0)
+
+
+class LearnedLargeVariance:
+    """Returns [ε, v] along the channels with v = 1, the learned-variance output that means β (fixed large)."""
+
+    learned_sigma = True
+
+    def __init__(self, model):
+        self.model, self.alphas_cumprod = model, model.alphas_cumprod
+
+    def __call__(self, x, t):
+        return torch.cat([self.model(x, t), torch.ones_like(x)], dim=1)
+
+
+def test_dps_uses_the_learned_variance_of_a_model_that_has_one():
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    x_T = torch.randn(2, 1, 4, 4, generator=generator(12), dtype=F64)
+    grid = solvers.ddrm_timesteps(10)
+    out = solvers.dps(LearnedLargeVariance(prior), y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13))
+    expected = solvers.ddpm(prior, x_T, grid, variance="fixedlarge", generator=generator(13))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dps_passes_cond_to_every_call_and_reports_each():
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    model, label, infos = Recorder(prior), torch.tensor([3]), []
+    solvers.dps(model, y, op, [700, 300, 0], cond=label, generator=generator(1), callback=infos.append)
+    assert len(model.calls) == 3 and all(cond is label for _, cond in model.calls)
+    assert [(i["t"], i["nfe"]) for i in infos] == [(700, 1), (300, 2), (0, 3)]
 
 
 def test_dps_on_the_saturating_sensor_fits_the_measurement():
