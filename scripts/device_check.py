@@ -127,6 +127,20 @@ def small_unet(device: torch.device, dtype: torch.dtype, channels: int, precisio
                           precision=precision, channels_last=device.type == "cuda")
 
 
+def solver_problems(shape) -> dict:
+    """{"sr4" | "blur+mask" | "saturate": (operator, y)}: one fixed image batch of `shape` measured by an SVD
+    operator, a composition without an SVD and the nonlinear sensor, float64 on the CPU."""
+    clean = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.5
+    tasks = {"sr4": "sr4", "blur+mask": "deblur_uni+inp", "saturate": "saturate"}
+    ops = {name: degradations.make(task, channels=shape[1], image_size=shape[2:]) for name, task in tasks.items()}
+    return {name: (op, op.H(clean)) for name, op in ops.items()}
+
+
+def on(problems: dict, device, dtype) -> dict:
+    """The problems with their measurements moved to `device` and `dtype`."""
+    return {name: (op, y.to(device, dtype)) for name, (op, y) in problems.items()}
+
+
 def solver_runs(model, problems, shape):
     """Every solver, each a deterministic function of (model, draws); returns name → final x̂₀.
     problems: {"sr4" | "blur+mask" | "saturate": (operator, y)}, y on the model's device and dtype."""
@@ -174,13 +188,9 @@ def every_solver(table: Table, device: torch.device) -> None:
 
 def _compare_solvers(table: Table, device: torch.device) -> None:
     shape, channels = (2, 3, 16, 16), 3
-    clean = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.5
-    problems = {name: degradations.make(task, channels=channels, image_size=(16, 16))
-                for name, task in (("sr4", "sr4"), ("blur+mask", "deblur_uni+inp"), ("saturate", "saturate"))}
-    problems64 = {name: (op, op.H(clean)) for name, op in problems.items()}
-    reference = solver_runs(small_unet(torch.device("cpu"), torch.float64, channels), problems64, shape)
-    on_device = solver_runs(small_unet(device, torch.float32, channels),
-                            {name: (op, y.to(device, torch.float32)) for name, (op, y) in problems64.items()}, shape)
+    problems = solver_problems(shape)
+    reference = solver_runs(small_unet(torch.device("cpu"), torch.float64, channels), problems, shape)
+    on_device = solver_runs(small_unet(device, torch.float32, channels), on(problems, device, torch.float32), shape)
     with torch.no_grad():
         for name, run in reference.items():
             error = relative_error(on_device[name](), run())

@@ -54,8 +54,7 @@ PHASES = {
         tests=["test_operators.py", "test_operators_reference.py", "test_ddrm_reference.py", "test_measurement.py",
                "test_operators_composed.py"],
         names=None),
-    # the solvers and operators added after the solvers phase, and what changed in nested / timesteps since;
-    # solvers/pigdm.py is left out while its step safeguard is being changed (add it once that has landed)
+    # the solvers and operators added after the solvers phase, and what changed in nested / timesteps since
     "new_solvers": dict(
         mutate=["solvers/ddnm.py", "solvers/dps.py", "solvers/timesteps.py", "solvers/nested.py",
                 "degradations/composition.py", "degradations/saturation.py", "degradations/linalg.py"],
@@ -69,6 +68,10 @@ PHASES = {
               + [f"solvers.nested.x_{f}__mutmut_*" for f in ("nested", "_plan", "plan", "_schedule",
                                                               "inner_run_lengths")]
               + ["solvers.nested.xǁNestedRunǁ_inner_run__mutmut_*"]),
+    "pigdm": dict(
+        mutate=["solvers/pigdm.py"],
+        tests=["test_solvers_guided.py", "test_solvers_guided_exactness.py", "test_nested_restorers.py"],
+        names=None),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",

@@ -21,15 +21,15 @@ def test_operator_and_speed_rows_pass_on_the_cpu():
 
 def test_solver_rows_compare_float32_with_float64_on_the_same_draws():
     shape = (2, 3, 16, 16)
-    op = device_check.degradations.make("sr4", channels=3, image_size=(16, 16))
-    y = op.H(torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.5)
-    runs = {precision: device_check.solver_runs(device_check.small_unet(torch.device("cpu"), dtype, 3), op,
-                                                y.to(dtype), shape)
+    problems = device_check.solver_problems(shape)
+    runs = {precision: device_check.solver_runs(device_check.small_unet(torch.device("cpu"), dtype, 3),
+                                                device_check.on(problems, "cpu", dtype), shape)
             for precision, dtype in (("fp64", torch.float64), ("fp32", torch.float32))}
-    assert {"ddrm, 10 calls", "ddpm, 10 calls", "nested(ddrm), 3×4 calls", "nested(dpm_solver), 3×4 calls"} \
+    assert {f"nested({inner}), 3×4 calls" for inner in ("ddrm", "ddnm", "pigdm", "dps", "ddim", "ddpm", "dpm_solver")} \
         <= set(runs["fp64"])
     with torch.no_grad():
-        for name in ("ddrm, 10 calls", "nested(ddrm), 3×4 calls"):
+        for name in ("ddrm, 10 calls", "nested(ddrm), 3×4 calls", "pigdm on blur+mask (conjugate gradients), 10 calls",
+                     "dps on the saturating sensor, 10 calls"):
             error = device_check.relative_error(runs["fp32"][name](), runs["fp64"][name]())
             assert 0 < error < device_check.SOLVER_TOL  # float32 rounding is seen, and small
 
