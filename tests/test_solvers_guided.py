@@ -38,7 +38,8 @@ def exact_posterior_model(prior, y, op, sigma_y):
 
 
 @pytest.mark.parametrize("name, shape, sigma_y, eta", [("sr2", (1, 4, 4), 0.1, 0.0), ("sr2", (1, 4, 4), 0.0, 0.0),
-                                                     ("color", (3, 2, 2), 0.2, 1.0), ("inp", (1, 4, 4), 0.05, 0.5)])
+                                                     ("color", (3, 2, 2), 0.2, 1.0), ("inp", (1, 4, 4), 0.05, 0.5),
+                                                     ("deno", (1, 2, 3), 0.3, None)])
 def test_pigdm_on_a_standard_normal_prior_is_ddim_on_the_exact_posterior(name, shape, sigma_y, eta):
     """For N(0, I), x̂₀ = √ᾱ x_t and Cov[x₀ | x_t] = (1−ᾱ) I exactly, so the guidance is ∇ log p(y | x_t)
     and each ΠGDM step is the DDIM step of the exact conditional model p(x₀ | y), whatever the grid."""
@@ -47,8 +48,10 @@ def test_pigdm_on_a_standard_normal_prior_is_ddim_on_the_exact_posterior(name, s
     y = op.H(torch.randn(1, *shape, generator=generator(1), dtype=F64)) * 0.7
     x_T = torch.randn(1, *shape, generator=generator(2), dtype=F64)
     grid = [900, 610, 333, 80, 7, 0]
-    out = solvers.pigdm(prior, y, op, sigma_y, grid, eta=eta, x_T=x_T, generator=generator(3))
-    expected = solvers.ddim(exact_posterior_model(prior, y, op, sigma_y), x_T, grid, eta=eta, generator=generator(3))
+    given = {} if eta is None else {"eta": eta}  # None: ΠGDM's default, η = 1
+    out = solvers.pigdm(prior, y, op, sigma_y, grid, x_T=x_T, generator=generator(3), **given)
+    expected = solvers.ddim(exact_posterior_model(prior, y, op, sigma_y), x_T, grid, eta=1.0 if eta is None else eta,
+                            generator=generator(3))
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
 
 
@@ -83,26 +86,89 @@ def test_pigdm_on_a_composition_equals_its_dense_svd():
     torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-8)
 
 
-@pytest.mark.parametrize("variance, safeguard", [(20.0, True), (20.0, False), (0.5, True)])
-def test_pigdm_one_step_denoising_by_hand(variance, safeguard):
+@pytest.mark.parametrize("variance, safeguard, scale", [(20.0, True, 1.0), (20.0, True, 0.02), (20.0, False, 1.0),
+                                                     (0.5, True, 1.0), (0.5, True, 0.02)])
+def test_pigdm_one_step_denoising_by_hand(variance, safeguard, scale):
     """Denoising with the prior N(0, λ I): x̂₀ = m x_t with m = √ᾱ λ/(ᾱλ + 1 − ᾱ), Cov[x₀ | x_t] = c I with
     c = λ(1−ᾱ)/(ᾱλ + 1 − ᾱ), so ΠGDM's correction is c/(r² + σ_y²) (y − x̂₀), r² = 1 − ᾱ. For λ = 20 that
     factor exceeds 1 (the guided x̂₀ passes y) and the safeguard cuts it to exactly 1; for λ = 0.5 it is
-    below 1 and the safeguard leaves the paper's step. A one-step grid ends at ᾱ = 1: the output is the
-    guided x̂₀."""
+    below 1 and the safeguard leaves the paper's step (also for small residuals, `scale`; the safeguard is
+    the default). A one-step grid ends at ᾱ = 1: the output is the guided x̂₀."""
     shape, t, sigma_y = (1, 2, 3), 500, 0.1
     prior = GaussianPrior(torch.zeros(shape, dtype=F64), variance * torch.eye(6, dtype=F64), linear_alphas_cumprod())
     op = degradations.make("deno", channels=1, image_size=shape[1:])
-    x_t = torch.randn(2, *shape, generator=generator(12), dtype=F64)
-    y = torch.randn(2, *shape, generator=generator(13), dtype=F64)
+    x_t = scale * torch.randn(2, *shape, generator=generator(12), dtype=F64)
+    y = scale * torch.randn(2, *shape, generator=generator(13), dtype=F64)
     a = prior.alphas_cumprod[t]
     x0 = a.sqrt() * variance / (a * variance + 1 - a) * x_t.reshape(2, 6)
     factor = variance * (1 - a) / (a * variance + 1 - a) / (1 - a + sigma_y**2)
     assert (factor > 1) == (variance > 1)
     if safeguard:
         factor = min(factor, 1.0)
-    out = solvers.pigdm(prior, y, op, sigma_y, [t], x_T=x_t, safeguard=safeguard, noise=torch.zeros)
+    given = {} if safeguard else {"safeguard": False}
+    out = solvers.pigdm(prior, y, op, sigma_y, [t], x_T=x_t, noise=torch.zeros, **given)
     torch.testing.assert_close(out.reshape(2, 6), x0 + factor * (y.reshape(2, 6) - x0), rtol=1e-10, atol=1e-10)
+
+
+class LinearDenoiser:
+    """An ε-model whose x̂₀ is M x_t for a fixed matrix M (per flattened image): ε = (x − √ᾱ M x)/√(1−ᾱ)."""
+
+    def __init__(self, matrix):
+        self.matrix, self.alphas_cumprod = matrix, linear_alphas_cumprod()
+
+    def __call__(self, x, t):
+        a = self.alphas_cumprod[t].reshape(-1, 1)
+        flat = x.reshape(x.shape[0], -1)
+        return ((flat - a.sqrt() * flat @ self.matrix.T) / (1 - a).sqrt()).reshape(x.shape)
+
+
+@pytest.mark.parametrize("kind", ["into the unobserved half", "away from y"])
+def test_pigdm_safeguard_where_the_correction_cannot_bring_h_x0_closer(kind):
+    """Inpainting of the first two of four pixels. With x̂₀ = P x_t, P swapping the halves, the correction
+    Δ ∝ Pᵀ Hᵀ w lies in the unobserved half: H Δ = 0 and the full step is kept (Δ moves only what y does
+    not see). With x̂₀ = −x_t, ⟨r, H Δ⟩ < 0 (the correction moves H x̂₀ away from y): no step. By hand:
+    x̂₀ = M x_t, r = y − H x̂₀, Δ = (1−ᾱ)/√ᾱ Mᵀ Hᵀ r/(r² + σ_y²) with r² = 1 − ᾱ, output x̂₀ + c Δ."""
+    swap = torch.tensor([[0., 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0]], dtype=F64)
+    matrix = swap if kind == "into the unobserved half" else -torch.eye(4, dtype=F64)
+    op = degradations.make("inp_mask", channels=1, image_size=(2, 2), mask=torch.tensor([[True, True], [False, False]]))
+    h = torch.tensor([[1., 0, 0, 0], [0, 1, 0, 0]], dtype=F64)
+    probe = torch.tensor([[1., 2, 3, 4]], dtype=F64)
+    assert torch.equal(op.H(probe.reshape(1, 1, 2, 2)).reshape(1, -1), probe @ h.T)  # H keeps pixels 0 and 1
+    x_t = torch.tensor([[0.3, -0.2, 0.5, 0.1]], dtype=F64)
+    y = torch.tensor([[0.7, 0.4]], dtype=F64)
+    t, sigma_y = 400, 0.1
+    a = linear_alphas_cumprod()[t]
+    x0 = x_t @ matrix.T
+    correction = (1 - a) / a.sqrt() * (y - x0 @ h.T) @ h @ matrix / (1 - a + sigma_y**2)
+    step = 1.0 if kind == "into the unobserved half" else 0.0
+    assert (correction @ h.T).abs().max() == 0 if step == 1 else ((y - x0 @ h.T) * (correction @ h.T)).sum() < 0
+    measured = y.reshape(op.H(probe.reshape(1, 1, 2, 2)).shape)
+    out = solvers.pigdm(LinearDenoiser(matrix), measured, op, sigma_y, [t], x_T=x_t.reshape(1, 1, 2, 2),
+                        noise=torch.zeros)
+    torch.testing.assert_close(out.reshape(1, 4), x0 + step * correction, rtol=1e-12, atol=1e-12)
+
+
+def test_pigdm_passes_cond_to_every_call_reports_each_and_follows_float32():
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    model, label, infos = Recorder(prior), torch.tensor([3]), []
+    x_T = torch.randn(1, 1, 4, 4, generator=generator(2), dtype=F64)
+    out64 = solvers.pigdm(model, y, op, 0.1, [700, 300, 0], x_T=x_T, cond=label, noise=torch.zeros,
+                          callback=infos.append)
+    assert len(model.calls) == 3 and all(cond is label for _, cond in model.calls)
+    assert [(i["t"], i["nfe"]) for i in infos] == [(700, 1), (300, 2), (0, 3)]
+    out32 = solvers.pigdm(Float32(prior), y.float(), op, 0.1, [700, 300, 0], x_T=x_T.float(), noise=torch.zeros)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32, out64.float(), rtol=1e-4, atol=1e-4)
+
+
+class Float32:
+    """The prior's ε evaluated in float64 and handed back in float32: a float32 model."""
+
+    def __init__(self, prior):
+        self.prior, self.alphas_cumprod = prior, prior.alphas_cumprod.float()
+
+    def __call__(self, x, t):
+        return self.prior(x.double(), t).float()
 
 
 def test_dps_one_step_by_hand():
