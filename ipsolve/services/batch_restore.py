@@ -172,7 +172,8 @@ def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, 
 
     try:
         restore_batch(y, first.op, first.sigma_y, model, settings.outer, settings.inner, budget=settings.budget,
-                      solver=settings.solver, vanilla=settings.vanilla, schedule=settings.schedule, noise=distributed.per_image_noise(generators),
+                      solver=settings.solver, vanilla=settings.vanilla, schedule=settings.schedule,
+                      noise=distributed.per_image_noise(generators),
                       on_preview=on_preview, **settings.options)
     except (ValueError, OSError, RuntimeError) as error:
         for job, run_folder in zip(batch, folders):
@@ -218,7 +219,8 @@ def _read_back(files: list[Path], out: Path, mine: list[Job]) -> list[Job]:
 
 
 def write_index(path: Path, jobs: list[Job]) -> None:
-    rows = [{"index": job.index, "source": job.source.name, "task": job.task, "nfe": job.nfe, "seconds": job.seconds, "status": job.status, "folder": job.source.stem}
+    rows = [{"index": job.index, "source": job.source.name, "task": job.task, "nfe": job.nfe, "seconds": job.seconds,
+             "status": job.status, "folder": job.source.stem}
             for job in jobs]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=INDEX_COLUMNS)

@@ -74,7 +74,8 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
     try:
         restore(measurement, model, options.outer, options.inner, budget=options.budget, solver=options.solver,
                 eta=options.eta, eta_b=options.eta_b, step_size=options.step_size, batch=options.batch,
-                vanilla=options.vanilla, schedule=options.schedule, generator=torch.Generator(device).manual_seed(options.seed),
+                vanilla=options.vanilla, schedule=options.schedule,
+                generator=torch.Generator(device).manual_seed(options.seed),
                 on_preview=after_preview, on_nfe=after_nfe)
     except (KeyboardInterrupt, StopRequested) as stop:
         interrupt = stop
