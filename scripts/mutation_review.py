@@ -44,7 +44,7 @@ PHASES = {
     "units": dict(
         mutate=["ipsolve/services/degrade_file.py", "ipsolve/services/restore_request.py", "ipsolve/config.py",
                 "ipsolve/degrade.py"],
-        tests=["test_units.py", "test_restore.py", "test_measurement.py"],
+        tests=["test_units.py", "test_restore.py", "test_measurement.py", "test_units_inprocess.py"],
         names=["ipsolve.services.degrade_file.x_degrade_file__mutmut_*",
                "ipsolve.services.restore_request.x_restore_inputs__mutmut_*",
                "ipsolve.config.xǁTaskConfigǁ*", "ipsolve.degrade.x_degrade__mutmut_*"]),
