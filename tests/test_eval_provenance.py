@@ -90,9 +90,11 @@ def test_resumed_after_kill_9_at_three_moments_gives_byte_identical_tables(tmp_p
     expected = tables(tmp_path / "whole")
 
     out = tmp_path / "resumed"
+    records = len(list((tmp_path / "whole").glob("sr4/*/*/*.json")))  # 2 methods x 2 budgets x 4 images
+    assert records == 16
     moments = {  # what must exist in the folder when the process is killed
         "solving": lambda: any(out.glob("sr4/*/*/*.json")),
-        "FID": lambda: len(list(out.glob("sr4/*/*/*.json"))) == 3 * 4,
+        "FID": lambda: len(list(out.glob("sr4/*/*/*.json"))) == records,  # every record: FID / KID next
         "report": lambda: (out / "per_image.csv").is_file(),
     }
     for moment, reached in moments.items():
