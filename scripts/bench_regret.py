@@ -272,29 +272,35 @@ def embedded_task(model, digits, task_name, seeds, schedules, split, rounds, bat
     plain = {}
     x = 2 * digits - 1
     with torch.inference_mode():
-        for seed in range(seeds):
-            for chunk in range(0, len(x), batch):
-                clean = x[chunk:chunk + batch]
-                g = torch.Generator().manual_seed(10_000 * seed + chunk)
-                measured = op.H(clean)
-                y = measured + sigma_y * torch.randn(measured.shape, generator=g)
-                marks = set()
-                for name, options in schedules.items():
-                    run = solvers.nested(model, "ddrm", outer_steps=outer_steps, inner_steps=inner_steps,
-                                         generator=torch.Generator().manual_seed(seed), y=y, op=op,
-                                         sigma_y=sigma_y, **options)
-                    for preview in run:
-                        outputs[name].setdefault(preview.nfe, []).append(preview.x0)
-                        marks.add(preview.nfe)
-                for nfe in sorted(marks):
-                    x0 = solvers.ddrm(model, y, op, sigma_y, solvers.plain_ddrm_timesteps(nfe),
-                                      generator=torch.Generator().manual_seed(seed))
-                    plain.setdefault(nfe, []).append(x0)
+        for seed, _, y in noisy_batches(x, op, sigma_y, seeds, batch):
+            marks = set()
+            for name, options in schedules.items():
+                run = solvers.nested(model, "ddrm", outer_steps=outer_steps, inner_steps=inner_steps,
+                                     generator=torch.Generator().manual_seed(seed), y=y, op=op,
+                                     sigma_y=sigma_y, **options)
+                for preview in run:
+                    outputs[name].setdefault(preview.nfe, []).append(preview.x0)
+                    marks.add(preview.nfe)
+            for nfe in sorted(marks):
+                x0 = solvers.ddrm(model, y, op, sigma_y, solvers.plain_ddrm_timesteps(nfe),
+                                  generator=torch.Generator().manual_seed(seed))
+                plain.setdefault(nfe, []).append(x0)
     cat = lambda d: {k: torch.cat(v) for k, v in d.items()}  # noqa: E731
     outputs, plain = {n: cat(o) for n, o in outputs.items()}, cat(plain)
     clean_all = x.repeat(seeds, 1, 1, 1)
     score = lambda out: capped_psnr(out, clean_all)  # noqa: E731
     return regret_rows(outputs, plain, clean_all, clean_all, rounds, torch.Generator().manual_seed(7), score)
+
+
+def noisy_batches(clean, op, sigma_y, seeds, batch):
+    """(seed, clean batch, y) for every seed and batch of `clean`: y = H x + σ_y n with n drawn from the
+    generator seeded 10000·seed + the batch's first index, so every schedule compared sees the same y."""
+    for seed in range(seeds):
+        for chunk in range(0, len(clean), batch):
+            x = clean[chunk:chunk + batch]
+            measured = op.H(x)
+            g = torch.Generator().manual_seed(10_000 * seed + chunk)
+            yield seed, x, measured + sigma_y * torch.randn(measured.shape, generator=g, dtype=measured.dtype)
 
 
 # ------------------------------------------------------------------------------------------- budget check
@@ -310,21 +316,16 @@ def budget_check(model, clean, op, sigma_y, outer_steps, inner_steps, budget, se
              "planned (default)": dict(outer_steps=outer_steps, inner_steps=inner_steps, budget=budget)}
     scores = {rule: {} for rule in [*rules, "plain DDRM"]}
     with torch.inference_mode():
-        for seed in range(seeds):
-            for chunk in range(0, len(clean), batch):
-                x = clean[chunk:chunk + batch]
-                g = torch.Generator().manual_seed(10_000 * seed + chunk)
-                measured = op.H(x)
-                y = measured + sigma_y * torch.randn(measured.shape, generator=g, dtype=measured.dtype)
-                for rule, options in rules.items():
-                    run = solvers.nested(model, "ddrm", generator=torch.Generator().manual_seed(seed), y=y, op=op,
-                                         sigma_y=sigma_y, **options)
-                    for preview in run:
-                        scores[rule].setdefault(preview.nfe, []).append(capped_psnr(preview.x0, x))
-                for nfe in scores["planned (default)"] if plain else ():
-                    x0 = solvers.ddrm(model, y, op, sigma_y, solvers.plain_ddrm_timesteps(nfe),
-                                      generator=torch.Generator().manual_seed(seed))
-                    scores["plain DDRM"].setdefault(nfe, []).append(capped_psnr(x0, x))
+        for seed, x, y in noisy_batches(clean, op, sigma_y, seeds, batch):
+            for rule, options in rules.items():
+                run = solvers.nested(model, "ddrm", generator=torch.Generator().manual_seed(seed), y=y, op=op,
+                                     sigma_y=sigma_y, **options)
+                for preview in run:
+                    scores[rule].setdefault(preview.nfe, []).append(capped_psnr(preview.x0, x))
+            for nfe in scores["planned (default)"] if plain else ():
+                x0 = solvers.ddrm(model, y, op, sigma_y, solvers.plain_ddrm_timesteps(nfe),
+                                  generator=torch.Generator().manual_seed(seed))
+                scores["plain DDRM"].setdefault(nfe, []).append(capped_psnr(x0, x))
     return {rule: [(nfe, *ci(torch.cat(v))) for nfe, v in sorted(by_nfe.items())] for rule, by_nfe in scores.items()
             if by_nfe}
 
