@@ -68,6 +68,11 @@ PHASES = {
               + [f"solvers.nested.x_{f}__mutmut_*" for f in ("nested", "_plan", "plan", "_schedule",
                                                               "inner_run_lengths")]
               + ["solvers.nested.xǁNestedRunǁ_inner_run__mutmut_*"]),
+    "registry": dict(
+        mutate=["degradations/registry.py"],
+        tests=["test_operators.py", "test_operators_composed.py", "test_measurement.py"],
+        names=["degradations.registry.x_make__mutmut_*", "degradations.registry.x__composition__mutmut_*",
+               "degradations.registry.x__saturation__mutmut_*"]),
     "pigdm": dict(
         mutate=["solvers/pigdm.py"],
         tests=["test_solvers_guided.py", "test_solvers_guided_exactness.py", "test_nested_restorers.py"],

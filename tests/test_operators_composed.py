@@ -192,3 +192,29 @@ def test_saturation_measurement_file_round_trip(tmp_path):
     measurement = read_measurement(tmp_path / "y.png")
     assert measurement.op.spec() == op.spec()
     torch.testing.assert_close(measurement.y, y, rtol=0, atol=STEP / 2 + 1e-6)
+
+
+def test_make_draws_the_random_mask_from_the_seed_given_or_zero_also_inside_a_composition():
+    """`make("inp")` keeps the pixels of random_mask(size, 0.5, seed) with seed 0 by default; a composition
+    hands its seed to its parts."""
+    x = randn(1, 1, 6, 6)
+    kept = lambda seed: x[:, :, degradations.random_mask((6, 6), 0.5, seed)]  # noqa: E731  (B, C, kept)
+    assert not torch.equal(kept(0), kept(5))
+    torch.testing.assert_close(degradations.make("inp", channels=1, image_size=(6, 6)).H(x), kept(0), rtol=0, atol=0)
+    composed = degradations.make("deblur_uni+inp", channels=1, image_size=(6, 6), seed=5)
+    torch.testing.assert_close(composed.parts[1].H(x), kept(5), rtol=0, atol=0)
+
+
+def test_make_saturate_defaults_to_gain_two():
+    x = randn(1, 3, 2, 2)
+    expected = torch.tanh(2 * x) / torch.tanh(torch.tensor(2.0, dtype=F64))
+    op = degradations.make("saturate", channels=3, image_size=(2, 2))
+    torch.testing.assert_close(op.H(x), expected, rtol=0, atol=1e-15)
+
+
+def test_parts_for_another_image_size_are_refused_even_when_their_names_match():
+    parts = [{"name": "deblur_uni", "channels": 1, "image_size": [4, 4], "width": 3},
+             {"name": "inp", "channels": 1, "image_size": [4, 4], "seed": 0}]
+    assert degradations.make("deblur_uni+inp", channels=1, image_size=(4, 4), parts=parts).input_shape == (1, 4, 4)
+    with pytest.raises(ValueError, match="do not match"):
+        degradations.make("deblur_uni+inp", channels=1, image_size=(6, 6), parts=parts)
