@@ -332,9 +332,8 @@ def prepare_restore(studio: Studio, form: RestoreForm) -> RestoreJob:
         request = restore_request_for(studio, form, measurement_file, job_dir / "run", given)
         inputs = restore_inputs(request, studio.load_model)
         twin = None
-        if form.compare:  # the same model object: the two runs read its weights, neither changes them
-            twin_request = dataclasses.replace(request, out=str(job_dir / "vanilla"), vanilla=True)
-            twin = (twin_request, restore_inputs(twin_request, studio.load_model))
+        if form.compare:  # the same checked inputs and model: the two runs only read them
+            twin = (dataclasses.replace(request, out=str(job_dir / "vanilla"), vanilla=True), inputs)
         return RestoreJob(job_dir, request, inputs, clean, twin)
     except (ValueError, OSError) as error:
         shutil.rmtree(job_dir, ignore_errors=True)
