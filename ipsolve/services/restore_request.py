@@ -83,17 +83,15 @@ def restore_inputs(request: RestoreRequest, load_model=None) -> RestoreInputs:
     mask = None if request.mask is None else str(existing_file(request.mask, "mask"))
     check_writable_folder(request.out)
 
-    from ipsolve.resources import check_fits, check_steps  # after the quick checks above: slow imports
-    from ipsolve.restore import check_model_fits, check_plan, preview_marks
+    from ipsolve.resources import check_fits  # after the quick checks above: slow imports
+    from ipsolve.restore import check_model_fits, preview_marks
 
     if load_model is None:
         from ipsolve.models import load_model
     measurement, mask = read_checked(request, source, mask)
     device = resolve_device(request.device)
     model = load_model(request.model, device)
-    check_steps(model, request.outer, request.inner)
-    if not request.vanilla:
-        check_plan(model, request.solver, request.outer, request.inner, request.budget, request.schedule)
+    _check_runs_on(model, request)
     check_model_fits(model, tuple(measurement.op.input_shape), device)
     check_fits(model, tuple(measurement.op.input_shape), request.batch, device, force=request.force)
     measurement = measurement._replace(y=measurement.y.to(device))
@@ -123,8 +121,8 @@ def restore_measurement_folder(request: RestoreRequest):
     the jobs (`batch_restore.Job`), or None on a worker process that is not the main one."""
     from ipsolve import distributed
     from ipsolve.models import load_model
-    from ipsolve.resources import check_fits, check_steps
-    from ipsolve.restore import check_plan, check_schedule
+    from ipsolve.resources import check_fits
+    from ipsolve.restore import check_schedule
     from ipsolve.services.batch_restore import BatchSettings, list_measurements, restore_folder
 
     check_schedule(request.outer, request.inner, request.budget)
@@ -137,9 +135,7 @@ def restore_measurement_folder(request: RestoreRequest):
     workers = distributed.start(request.device)
     try:
         model = load_model(request.model, device=workers.device)
-        check_steps(model, request.outer, request.inner)
-        if not request.vanilla:
-            check_plan(model, request.solver, request.outer, request.inner, request.budget, request.schedule)
+        _check_runs_on(model, request)
         if getattr(model, "image_shape", None):
             check_fits(model, tuple(model.image_shape), request.batch_size, workers.device, force=request.force)
         settings = BatchSettings(request.outer, request.inner, request.budget, request.solver, options,
@@ -150,6 +146,16 @@ def restore_measurement_folder(request: RestoreRequest):
     finally:
         distributed.stop(workers)
     return jobs if workers.is_main else None
+
+
+def _check_runs_on(model, request: RestoreRequest) -> None:
+    """ValueError unless `model` can take the request's steps (its timesteps) and, for a nested run, its plan."""
+    from ipsolve.resources import check_steps
+    from ipsolve.restore import check_plan
+
+    check_steps(model, request.outer, request.inner)
+    if not request.vanilla:
+        check_plan(model, request.solver, request.outer, request.inner, request.budget, request.schedule)
 
 
 def read_for(request: RestoreRequest, source, mask, model, device):
