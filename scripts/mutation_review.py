@@ -47,6 +47,7 @@ PHASES = {
         tests=["test_units.py", "test_restore.py", "test_measurement.py", "test_units_inprocess.py"],
         names=["ipsolve.services.degrade_file.x_degrade_file__mutmut_*",
                "ipsolve.services.restore_request.x_restore_inputs__mutmut_*",
+               "ipsolve.services.restore_request.x__check_runs_on__mutmut_*",
                "ipsolve.config.xǁTaskConfigǁ*", "ipsolve.degrade.x_degrade__mutmut_*"]),
     "degradations": dict(
         mutate=["degradations/base.py", "degradations/denoising.py", "degradations/superresolution.py",
