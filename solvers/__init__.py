@@ -14,13 +14,15 @@ from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .dps import dps
 from .nested import NestedRun, Preview, inner_run_lengths, nested, plan
-from .pigdm import pigdm
+from .pigdm import STARTS as PIGDM_STARTS
+from .pigdm import WEIGHTS as PIGDM_WEIGHTS
+from .pigdm import pigdm, pigdm_init
 from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
                         linspace_timesteps, matched_inner_timesteps, outer_timesteps, plain_ddrm_timesteps,
                         planned_inner_counts, sd_inner_timesteps, sd_outer_timesteps)
 
 __all__ = [
-    "ddim", "ddpm", "ddrm", "ddrm_init", "ddnm", "time_travel_timesteps", "pigdm", "dps", "dpm_solver", "nested",
+    "ddim", "ddpm", "ddrm", "ddrm_init", "ddnm", "time_travel_timesteps", "pigdm", "pigdm_init", "PIGDM_WEIGHTS", "PIGDM_STARTS", "dps", "dpm_solver", "nested",
     "NestedRun", "Preview", "ddrm_timesteps",
     "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
     "inner_step_counts", "linspace_timesteps", "cut_to_budget", "plain_ddrm_timesteps", "planned_inner_counts",
