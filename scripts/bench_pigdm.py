@@ -12,12 +12,16 @@ the gap belongs to the method, whose Gaussian approximation of p(x₀|x_t) is th
 PSNR (dB, on [0, 1] after clamping) is the mean over images of one sample per image; a diverged run (x̂₀
 not finite or beyond 1e4) is reported as such.
 
+Variants: every combination of --weights, --etas, --starts and --safeguards (default: the three weights,
+η = 1, the measurement-aware start, safeguard on and off).
+
 Usage: python scripts/bench_pigdm.py [--images 16] [--budgets 10 20 30 100] [--splits validation test]
-       [--patches 0] [--out FILE]
+       [--patches 0] [--weights …] [--etas …] [--starts …] [--safeguards …] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -34,8 +38,6 @@ from ipsolve.imageio import to_model
 from ipsolve.models import GaussianMixturePrior, load_model
 from ipsolve.models.schedules import alphas_cumprod_from_betas
 
-VARIANTS = [(weight, start, safeguard) for weight in solvers.PIGDM_WEIGHTS for start in ("noise", "measurement")
-            for safeguard in (True, False)]
 
 
 def run_psnr(model, clean, y, op, sigma_y, nfe, seed, solver="pigdm", **options):
@@ -49,8 +51,9 @@ def run_psnr(model, clean, y, op, sigma_y, nfe, seed, solver="pigdm", **options)
     return image_psnr(x, clean).mean().item()
 
 
-def split_rows(model, clean, tasks, budgets, seed, exact=None):
-    """{task: {label: {nfe: PSNR or None}}} for every variant, DDRM, and (exact prior) the bounds."""
+def split_rows(model, clean, tasks, budgets, seed, variants, exact=None):
+    """{task: {label: {nfe: PSNR or None}}} for every ΠGDM variant (weight, η, start, safeguard), DDRM, and
+    (exact prior) the bounds."""
     table = {}
     for task, sigma_y in tasks.items():
         start_time = time.time()
@@ -59,10 +62,10 @@ def split_rows(model, clean, tasks, budgets, seed, exact=None):
         y = measure(clean, op, sigma_y, seed)
         rows = {"ddrm": {n: run_psnr(model, clean, y, op, sigma_y, n, seed + 1, "ddrm") for n in budgets}}
         with torch.no_grad():
-            for weight, start, safeguard in VARIANTS:
-                rows[f"pigdm {weight}, {start} start, safeguard {'on' if safeguard else 'off'}"] = {
-                    n: run_psnr(model, clean, y, op, sigma_y, n, seed + 1, weight=weight, start=start,
-                                safeguard=safeguard) for n in budgets}
+            for weight, eta, start, safeguard in variants:
+                label = f"pigdm {weight}, η {eta}, {start} start, safeguard {'on' if safeguard else 'off'}"
+                rows[label] = {n: run_psnr(model, clean, y, op, sigma_y, n, seed + 1, weight=weight, eta=eta,
+                                           start=start, safeguard=safeguard) for n in budgets}
         if exact is not None:
             posterior = exact.posterior(y, op, sigma_y)
             mean = image_psnr(posterior.mean.reshape(clean.shape), clean).mean().item()
@@ -91,16 +94,21 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="measurement seed (sampler: seed + 1)")
     parser.add_argument("--patches", type=int, default=0, help="held-out photo patches (0: skip the setting)")
     parser.add_argument("--splits", nargs="+", choices=("validation", "test"), default=["validation", "test"])
+    parser.add_argument("--weights", nargs="+", choices=solvers.PIGDM_WEIGHTS, default=list(solvers.PIGDM_WEIGHTS))
+    parser.add_argument("--etas", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--starts", nargs="+", choices=solvers.PIGDM_STARTS, default=["measurement"])
+    parser.add_argument("--safeguards", nargs="+", choices=("on", "off"), default=["on", "off"])
     parser.add_argument("--out", type=Path, help="also write the markdown tables here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    variants = list(itertools.product(args.weights, args.etas, args.starts, [s == "on" for s in args.safeguards]))
     digits = to_model(torch.from_numpy(mnist32("test")))
     model = load_model("embedded")
     lines = []
     for name in args.splits:
         first = 0 if name == "validation" else 250  # disjoint splits of the 500 held-out digits
         part = digits[first:first + args.images]
-        table = split_rows(model, part, DIGIT_TASKS, args.budgets, args.seed)
+        table = split_rows(model, part, DIGIT_TASKS, args.budgets, args.seed, variants)
         lines += markdown(f"embedded MNIST, {name} split: mnist32('test')[{first}:{first + len(part)}]",
                           DIGIT_TASKS, table, args.budgets)
     if args.patches:
@@ -109,7 +117,7 @@ def main():
         prior = GaussianMixturePrior.fit(train, 10, alphas_cumprod, iterations=20,
                                          generator=torch.Generator().manual_seed(0))
         clean = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:args.patches]]
-        table = split_rows(prior, clean, PATCH_TASKS, args.budgets, args.seed, exact=prior)
+        table = split_rows(prior, clean, PATCH_TASKS, args.budgets, args.seed, variants, exact=prior)
         lines += markdown(f"photo patches 3×8×8, exact 10-component mixture, {len(clean)} held-out patches",
                           PATCH_TASKS, table, args.budgets)
     print("\n".join(lines))

@@ -34,18 +34,22 @@ from .common import alpha_bar, check_timesteps, ddim_step, denoise, has_svd, noi
 
 WEIGHTS = ("code", "paper", "score")
 STARTS = ("noise", "measurement")
-DEFAULT_START = "noise"
+DEFAULT_START = "measurement"
+# safeguard=None: on for the weights that diverge without it at 10–30 calls (docs/solvers_benchmark.md)
+SAFEGUARD_BY_WEIGHT = {"code": False, "paper": True, "score": True}
 
 
 def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
-          cond=None, cg_iterations: int = 100, weight: str = "score", safeguard: bool = True, start: str = DEFAULT_START):
+          cond=None, cg_iterations: int = 100, weight: str = "code", safeguard: bool | None = None, start: str = DEFAULT_START):
     """Restore x₀ from y = H x₀ + σ_y n with ΠGDM on DDIM(η); return the guided x̂₀ at t = 0.
 
     `op` needs H and Ht (and input_shape when x_T is None); with the SVD protocol the inverse is in closed
-    form, else `cg_iterations` conjugate-gradient steps per model call. weight: "code", "paper" or "score"
-    (module docstring). safeguard: limit each correction to the step that brings H x̂₀ closest to y.
-    x_T is the state at timesteps[0]; when None, `start` says where it comes from: "noise" (standard normal)
-    or "measurement" (`pigdm_init`, the released code's start). Exactly len(timesteps) model calls, each
+    form, else `cg_iterations` conjugate-gradient steps per model call. weight: "code" (the default, the
+    released step), "paper" or "score" (module docstring). safeguard: limit each correction to the step
+    that brings H x̂₀ closest to y; None: on for "paper" and "score", which diverge without it at 10–30
+    calls, off for "code", which does not need it and is better without. x_T is the state at
+    timesteps[0]; when None, `start` says where it comes from: "measurement" (the default: `pigdm_init`,
+    the released code's start) or "noise" (standard normal). Exactly len(timesteps) model calls, each
     with one backward pass through the network (autograd is on only there); callback(info) after each
     (x0: the unguided x̂₀).
     """
@@ -55,6 +59,7 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
         raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
     check_choice("weight", weight, WEIGHTS)
     check_choice("start", start, STARTS)
+    safeguard = SAFEGUARD_BY_WEIGHT[weight] if safeguard is None else safeguard
     steps = check_timesteps(timesteps, model)
     draw = noise_drawer(noise, generator)
     back_project = back_projection(op, sigma_y, cg_iterations)

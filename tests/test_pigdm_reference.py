@@ -162,3 +162,24 @@ def test_unknown_weight_or_start_is_refused(given, message):
     op = degradations.make("deno", channels=1, image_size=(4, 4))
     with pytest.raises(ValueError, match=message):
         solvers.pigdm(LinearModel(1.0), torch.zeros(1, 16, dtype=F64), op, 0.1, [500], **given)
+
+
+def test_defaults_are_the_released_weight_and_start_and_the_safeguard_follows_the_weight():
+    """Defaults (docs/solvers_benchmark.md): weight "code", start "measurement", and the safeguard off for
+    "code", on for "paper" and "score"; each default equals the run that spells it out and differs from the
+    other choice (on a prior of variance 20 the safeguard acts)."""
+    from ipsolve.models import GaussianPrior
+
+    prior = GaussianPrior(torch.zeros(1, 4, 4, dtype=F64), 20 * torch.eye(16, dtype=F64), linear_alphas_cumprod())
+    op = degradations.make("sr2", channels=1, image_size=(4, 4))
+    y = op.H(prior.sample(2, torch.Generator().manual_seed(1)))
+
+    def run(**given):
+        return solvers.pigdm(prior, y, op, 0.05, solvers.ddrm_timesteps(6), generator=torch.Generator().manual_seed(2),
+                             **given)
+    default = run()
+    assert torch.equal(default, run(weight="code", start="measurement", safeguard=False))
+    assert not torch.allclose(default, run(safeguard=True)) and not torch.allclose(default, run(start="noise"))
+    for weight in ("paper", "score"):
+        assert torch.equal(run(weight=weight), run(weight=weight, safeguard=True))
+        assert not torch.allclose(run(weight=weight), run(weight=weight, safeguard=False))
