@@ -23,8 +23,10 @@ import torch
 from degradations.linalg import conjugate_gradient
 
 from .common import alpha_bar, check_timesteps, ddim_step, denoise, has_svd, noise_drawer, report, with_next
+from .common import divergence_checked
 
 
+@divergence_checked(lambda options: None if options["safeguard"] else "turn the safeguard on (safeguard=True)")
 def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
           cond=None, cg_iterations: int = 100, safeguard: bool = True):
     """Restore x₀ from y = H x₀ + σ_y n with ΠGDM on DDIM(η); return the guided x̂₀ at t = 0.
