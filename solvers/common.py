@@ -7,6 +7,8 @@ import inspect
 
 import torch
 
+from degradations.base import NaNInput
+
 GENERIC_REMEDY = "try more (or fewer) steps, or float64"
 
 
@@ -150,8 +152,9 @@ INPUTS = {"y": "the measurement y", "x_T": "the starting state x_T"}
 
 def divergence_checked(remedy=None):
     """Decorator of a solver: SolverDiverged, named after the solver and with `remedy(arguments)` (None:
-    GENERIC_REMEDY), when a state or x̂₀ is not finite after a model call (`denoise`) or the result after
-    the last step is not; inputs y and x_T that are not finite are a plain ValueError instead."""
+    GENERIC_REMEDY), when a state or x̂₀ is not finite after a model call (`denoise`), when the result after
+    the last step is not, or when the solver hands an operator NaN (its inputs were finite, so the NaN is
+    its own); inputs y and x_T that are not finite are a plain ValueError instead."""
     def decorate(solver):
         signature = inspect.signature(solver)
 
@@ -161,16 +164,25 @@ def divergence_checked(remedy=None):
             bound.apply_defaults()
             arguments = bound.arguments
             _check_inputs(arguments)
-            last = _LastCall(arguments["callback"])
             try:
-                result = solver(**{**arguments, "callback": last})
-                check_finite(result, last.nfe, last.t, "the result of its last step")
+                return _finite_result(solver, arguments)
             except SolverDiverged as error:
                 advice = (remedy(arguments) if remedy else None) or GENERIC_REMEDY
                 raise error.but(solver=solver.__name__, remedy=advice) from None
-            return result
         return checked
     return decorate
+
+
+def _finite_result(solver, arguments):
+    """solver(**arguments), with SolverDiverged (not yet named) for NaN it hands an operator and for a result
+    that is not finite, both placed at its last reported call."""
+    last = _LastCall(arguments["callback"])
+    try:
+        result = solver(**{**arguments, "callback": last})
+    except NaNInput:
+        raise SolverDiverged(last.nfe, last.t, "the tensor it handed the operator after that call") from None
+    check_finite(result, last.nfe, last.t, "the result of its last step")
+    return result
 
 
 def _check_inputs(arguments) -> None:

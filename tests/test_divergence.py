@@ -107,6 +107,24 @@ def test_a_dps_step_too_large_for_the_dtype_is_caught_in_the_result_of_the_last_
     assert torch.isfinite(solvers.dps(Poisoned(at=0), y, op, [500], generator=gen(0))).all()
 
 
+class NaNGradient(Poisoned):
+    """Finite ε̂ at every call, but call `at` has a NaN gradient (0·√(0·x) adds 0; its derivative is 0·∞·0)."""
+
+    def __call__(self, x, t):
+        self.calls += 1
+        eps = self.prior(x, t)
+        return eps + 0 * (0 * x).sqrt() if self.calls == self.at else eps
+
+
+@pytest.mark.parametrize("safeguard, says", [
+    (True, "call 3 (t = 500): the tensor it handed the operator after that call"),  # its step needs H(correction)
+    (False, "call 4 (t = 300): the state x_t")])
+def test_pigdm_guidance_gone_nan_is_a_divergence_not_an_invalid_input(safeguard, says):
+    with pytest.raises(SolverDiverged) as caught:
+        run("pigdm", NaNGradient(at=3), safeguard=safeguard)
+    assert str(caught.value).startswith(f"pigdm diverged at {says} is not finite; ")
+
+
 @pytest.mark.parametrize("name", SOLVERS)
 def test_a_finite_run_is_unchanged_bit_for_bit(name):
     """The checked solver returns exactly what its body returns and hands the callback the same calls."""
