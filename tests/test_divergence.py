@@ -23,7 +23,8 @@ SOLVERS = ("ddrm", "ddnm", "pigdm", "dps", "ddim", "ddpm", "dpm_solver")
 
 
 class Poisoned:
-    """The exact ε-model of N(0, I) data, except that call number `at` (from 1) adds `value` to ε̂."""
+    """The exact ε-model of N(0, `variance` I) data, except that call number `at` (from 1; 0: none) adds
+    `value` to ε̂."""
 
     def __init__(self, at, value=float("nan"), shape=SHAPE, variance=1.0):
         self.prior = IsotropicGaussianPrior(torch.zeros(shape), variance, linear_alphas_cumprod())
