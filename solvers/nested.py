@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import alpha_bar, check_timesteps, ddim_step, noise_drawer, require_svd
+from .common import SolverDiverged, alpha_bar, check_finite, check_timesteps, ddim_step, noise_drawer, require_svd
 from .ddim import ddim
 from .ddnm import ddnm
 from .ddpm import ddpm
@@ -187,7 +187,7 @@ class NestedRun:
                 self.hook(self.latest, self)
             yield self.latest
             if step < steps:
-                self._x = self._outer_step(t, self.outer_timesteps[step])
+                self._x = self._outer_step(t, self.outer_timesteps[step], step)
 
     def _inner_run(self, grid, step):
         offset = self.nfe
@@ -195,14 +195,20 @@ class NestedRun:
             lambda info: self.callback({**info, "nfe": offset + info["nfe"], "step": step}))
         common = dict(noise=self.noise, generator=self.generator, callback=callback, cond=self._cond)
         sampler = INNER_SAMPLERS[self.inner]
-        if self.inner in REQUIRED_OPTIONS:
-            return sampler(self.model, timesteps=grid, x_T=self._x, **common, **self.inner_kwargs)
-        return sampler(self.model, self._x, grid, **common, **self.inner_kwargs)
+        try:
+            if self.inner in REQUIRED_OPTIONS:
+                return sampler(self.model, timesteps=grid, x_T=self._x, **common, **self.inner_kwargs)
+            return sampler(self.model, self._x, grid, **common, **self.inner_kwargs)
+        except SolverDiverged as error:  # counted over the whole run, at its outer step
+            raise error.but(solver=f"nested {self.inner}", call=offset + error.call, step=step) from None
 
-    def _outer_step(self, t, t_next):
+    def _outer_step(self, t, t_next, step):
         a, a_next = alpha_bar(self.model, t, self._x), alpha_bar(self.model, t_next, self._x)
         eps = (self._x - a.sqrt() * self._x0) / (1 - a).sqrt()
-        return ddim_step(self._x0, eps, a, a_next, self.eta_outer, self._draw)
+        x = ddim_step(self._x0, eps, a, a_next, self.eta_outer, self._draw)
+        check_finite(x, self.nfe, t, f"the outer step's state at t = {t_next}", solver=f"nested {self.inner}",
+                     step=step)
+        return x
 
 
 def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, inner_grid, budget,

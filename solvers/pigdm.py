@@ -30,7 +30,8 @@ import torch
 
 from degradations.linalg import conjugate_gradient
 
-from .common import alpha_bar, check_timesteps, ddim_step, denoise, has_svd, noise_drawer, report, with_next
+from .common import (alpha_bar, check_timesteps, ddim_step, denoise, divergence_checked, has_svd, noise_drawer,
+                     report, with_next)
 
 WEIGHTS = ("code", "paper", "score")
 STARTS = ("noise", "measurement")
@@ -39,6 +40,17 @@ DEFAULT_START = "measurement"
 SAFEGUARD_BY_WEIGHT = {"code": False, "paper": True, "score": True}
 
 
+def remedy(options) -> str | None:
+    """What to try when ΠGDM diverged with these options (None: the generic advice)."""
+    weight, safeguard = options["weight"], options["safeguard"]
+    if not (SAFEGUARD_BY_WEIGHT.get(weight, True) if safeguard is None else safeguard):
+        return "turn the safeguard on (safeguard=True)"
+    if weight != "code":
+        return 'use weight="code" (the released step; --weight code)'
+    return None
+
+
+@divergence_checked(remedy)
 def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
           cond=None, cg_iterations: int = 100, weight: str = "code", safeguard: bool | None = None, start: str = DEFAULT_START):
     """Restore x₀ from y = H x₀ + σ_y n with ΠGDM on DDIM(η); return the guided x̂₀ at t = 0.
