@@ -38,14 +38,18 @@ Precision: diffusers builds its schedules in float32 (betas, ᾱ, and DPM-Solver
 the scheduler's attributes (alphas_cumprod, betas, alphas; sigmas for DPM-Solver) to the float64 values,
 so all four agree to 1e-9 relative (observed ~1e-14). DPMSolverMultistepScheduler.step also casts the state
 to float32 before its update ("upcast", meant for fp16 pipelines); run as is, it agrees to that rounding
-(2⁻²⁴ ≈ 6e-8 per step, tolerance 1e-6 over ≤ 25 steps), and with that one cast neutralised (the state
-wrapped in a tensor subclass whose .to(float32) keeps float64) to 1e-9.
+(2⁻²⁴ ≈ 6e-8 of a state up to ~4× the size of the result, once per step: observed ≤ 4.2e-7 relative over
+7–25 steps, asserted to 2e-6), and with that one cast neutralised (the state wrapped in a tensor subclass
+whose .to(float32) keeps float64) to 1e-9. Observed (max over each test's cases, relative to max |diffusers|):
+DDIM 0 (bit for bit), DDPM ≤ 5.2e-15, 2M ≤ 6.6e-15 (cast neutralised), 2S ≤ 3.5e-15.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 diffusers = pytest.importorskip("diffusers")
+# numpy 2 on diffusers' np.array(tensor) in the DPM-Solver set_timesteps: not ours, and harmless here
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 import solvers  # noqa: E402
 
@@ -277,7 +281,7 @@ def test_dpm_solver_2m_matches_diffusers_multistep_as_it_runs(grid):
     scheduler = dpm_scheduler(diffusers.DPMSolverMultistepScheduler, **grid)
     theirs = scheduler_run(scheduler, model, x)
     ours = ipsolve_run(solvers.dpm_solver, model, x, scheduler.timesteps, order=2, variant="2M")
-    assert_same_run(ours, theirs, rtol=1e-6)
+    assert_same_run(ours, theirs, rtol=2e-6)
 
 
 @pytest.mark.parametrize("grid", DPM_GRIDS)
