@@ -186,17 +186,19 @@ def test_ddim_matches_diffusers_ddim_scheduler(steps, config, eta):
 
 def test_ddim_with_alpha_to_one_off_differs_only_in_the_last_step():
     """Stable Diffusion's DDIM config (steps_offset 1, set_alpha_to_one False) ends at ᾱ_0, not 1: all states
-    the model sees agree, and diffusers' result is ipsolve's x̂₀ taken one DDIM step (η = 0) to ᾱ_0."""
+    the model sees agree, ipsolve's result is diffusers' last x̂₀ (its `pred_original_sample`), and diffusers'
+    result is that x̂₀ taken one more DDIM step (η = 0) to ᾱ_0."""
     model, x = NonlinearEps(), x_T()
     scheduler = ddim_scheduler(10, steps_offset=1, set_alpha_to_one=False)
     theirs = scheduler_run(scheduler, model, x)
+    t, x_last = scheduler.timesteps[-1], theirs[1][-1]  # the last call: t = 1
+    last = scheduler.step(model(x_last, at(x_last, t)), t, x_last)  # DDIM's step keeps no state: the last one again
     ours = ipsolve_run(solvers.ddim, model, x, scheduler.timesteps)
-    assert_same_run((ours[0], ours[1], ours[2]), (theirs[0], theirs[1], ours[2]))
-    a0, a_last = ALPHAS_CUMPROD[0], ALPHAS_CUMPROD[theirs[0][-1]]
-    x_last = ours[1][-1]
+    assert_same_run((ours[0], ours[1], ours[2]), (theirs[0], theirs[1], last.pred_original_sample))
+    assert relative_error(last.prev_sample, theirs[2]) == 0
+    a0, a_last = ALPHAS_CUMPROD[0], ALPHAS_CUMPROD[t]
     eps = (x_last - a_last.sqrt() * ours[2]) / (1 - a_last).sqrt()
-    expected = a0.sqrt() * ours[2] + (1 - a0).sqrt() * eps
-    assert relative_error(expected, theirs[2]) <= RTOL
+    assert relative_error(a0.sqrt() * ours[2] + (1 - a0).sqrt() * eps, theirs[2]) <= RTOL
     assert relative_error(ours[2], theirs[2]) > 1e-3
 
 
