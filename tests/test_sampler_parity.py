@@ -13,7 +13,7 @@ Configuration under which the two coincide (ipsolve's convention: the step after
 ᾱ = 1, i.e. σ = 0, and returns x̂₀ there):
   - DDIM: `clip_sample=False` (the default True clamps x̂₀ to [−1, 1]; ipsolve never clips),
     `set_alpha_to_one=True` (default: the last step goes to ᾱ = 1), `timestep_spacing="leading"` (default)
-    with any `steps_offset`, or "trailing" when N divides 1000: DDIMScheduler steps from t to
+    with `steps_offset` < 1000 // N (0 or SD's 1), or "trailing" when N divides 1000: DDIMScheduler steps from t to
     t − 1000 // N whatever its grid, so that must be the next grid point. With `set_alpha_to_one=False`
     (Stable Diffusion's config) its last step goes to ᾱ_0 instead of 1: every state the model sees still
     agrees and the results differ by exactly that last step (test_ddim_with_alpha_to_one_off_...).
@@ -22,16 +22,19 @@ Configuration under which the two coincide (ipsolve's convention: the step after
     "fixedlarge" (β), "learned_range" = "learned" (log σ² = f log β + (1−f) log β̃, f = (v+1)/2; diffusers'
     "learned" takes v as the variance itself and has no ipsolve counterpart); a grid that ends at t = 0
     ("leading" spacing with steps_offset 0, or custom timesteps ending at 0): DDPMScheduler adds noise
-    whenever t > 0, ipsolve never on the step into ᾱ = 1, so the two agree when that step leaves t = 0.
+    whenever t > 0, ipsolve never on the step into ᾱ = 1, so the two agree when that step leaves t = 0
+    ("trailing" ends at 1000/N − 1: diffusers' last step there adds √β̃ z, √1e-20 z, for fixed_small, and the
+    full √β z for fixed_large; ipsolve returns x̂₀).
     Both draw their noise as torch.randn(shape, generator=g, dtype=float64) (diffusers through
     `randn_tensor` with one CPU generator), one draw per step but the last: two generators seeded alike
     feed both the same draws.
   - DPM-Solver++: `algorithm_type="dpmsolver++"`, `solver_order=2`, `final_sigmas_type="zero"` (the last
     step goes to σ = 0 and is first order there, as ipsolve's), `lower_order_final=True` (the default; for
     order 2 with final σ = 0 it changes nothing in the multistep scheduler and the singlestep one forces
-    it), `solver_type="midpoint"` (the default), default "linspace" spacing (t_N's σ ≠ 0: 0 is not on the
-    grid) or custom timesteps. 2M is DPMSolverMultistepScheduler, 2S DPMSolverSinglestepScheduler (its
-    order list [1, 2, 1, 2, …, 1(, 1)] is ipsolve's pairing).
+    it), `solver_type="midpoint"` (the default), default "linspace" spacing (999, …, 1000/N: t = 0 is not
+    on the grid, the final σ = 0 is ipsolve's t' = −1) or custom timesteps. 2M is
+    DPMSolverMultistepScheduler, 2S DPMSolverSinglestepScheduler (its order list [1, 2, 1, 2, …, 1(, 1)] is
+    ipsolve's pairing).
 
 Precision: diffusers builds its schedules in float32 (betas, ᾱ, and DPM-Solver's σ, cast to float32 in
 `set_timesteps`). Each test first checks diffusers' float32 numbers are ours to float32 accuracy, then sets
