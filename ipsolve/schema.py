@@ -203,8 +203,26 @@ def confined(root, path, where: str) -> Path:
     """`path` resolved (links followed), refused unless it lies inside `root` (resolved too)."""
     root, resolved = Path(root).resolve(), Path(path).resolve()
     if resolved != root and root not in resolved.parents:
-        raise ValueError(f"{where} would write {resolved}, outside the output folder {root}")
+        raise ValueError(f"{where} resolves to {resolved}, outside the output folder {root}")
     return resolved
+
+
+def first_difference(before, now, where: str = ""):
+    """(key path, value before, value now) of the first difference between two trees of mappings and
+    lists, or None when they are equal."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in [*before, *(k for k in now if k not in before)]:
+            found = first_difference(before.get(key), now.get(key), key_path(where, key))
+            if found:
+                return found
+        return None
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        for i, (old, new) in enumerate(zip(before, now)):
+            found = first_difference(old, new, key_path(where, i))
+            if found:
+                return found
+        return None
+    return None if before == now else (where, before, now)
 
 
 class Anything:

@@ -27,20 +27,17 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import degradations
 import solvers
 import ipsolve
 from ipsolve import distributed, metrics, provenance
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_config
 from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
-from ipsolve.services.checks import check_writable_folder
 from ipsolve.services.folder_lock import folder_lock
 from ipsolve.services.progress import CountProgress
 
@@ -207,11 +204,10 @@ class Evaluator:
     """Computes and stores every (run, image) pair of this process's shard whose stored result is
     missing or was produced by something else (see the module doc)."""
 
-    def __init__(self, config: EvalConfig, model, images: list[Path], layout: OutputLayout,
-                 workers: distributed.Workers, shape: tuple, lpips_net: str | None):
-        self.config, self.model, self.images, self.layout = config, model, images, layout
-        self.workers, self.shape, self.lpips_net = workers, shape, lpips_net
-        self.model_key = provenance.model_fingerprint(model)
+    def __init__(self, plan):
+        self.config, self.model, self.images, self.layout = plan.config, plan.model, plan.images, plan.layout
+        self.workers, self.shape, self.lpips_net, self.plan = plan.workers, plan.shape, plan.lpips_net, plan
+        self.model_key = provenance.model_fingerprint(plan.model)
         self.computed = self.reused = self.replaced = 0
         self._data_keys = {}
 
@@ -241,7 +237,7 @@ class Evaluator:
                     todo.append((run, batch, pending))
         with CountProgress(sum(len(p) for _, _, p in todo), "eval", enabled=self.workers.is_main) as bar:
             for run, batch, pending in todo:
-                self._run_batch(run, self._operator(run.task), batch, pending)
+                self._run_batch(run, self.plan.operator(run.task.name), batch, pending)
                 bar.update(len(pending))
 
     def _is_current(self, run: Run, index: int) -> bool:
@@ -250,15 +246,6 @@ class Evaluator:
             return True
         self.replaced += any(key is not None for key in stored)
         return False
-
-    def _operator(self, task: TaskConfig):
-        channels, height, width = self.shape
-        op = degradations.make(task.operator, channels=channels, image_size=(height, width), seed=task.seed,
-                               **task.params)
-        if tuple(op.input_shape) != tuple(self.shape):
-            raise ValueError(f"task {task.name!r} takes {tuple(op.input_shape)} images, the model "
-                             f"{tuple(self.shape)}")
-        return op
 
     def _save_clean(self, index: int) -> None:
         """The FID reference image, always from the current data (a cheap, atomic rewrite)."""
@@ -305,44 +292,14 @@ def lpips_network(config: EvalConfig, shape: tuple, device) -> str | None:
     return config.lpips
 
 
-def config_fingerprint(config: EvalConfig) -> str:
-    """The folder-level identity of an evaluation: everything in the config that changes a stored
-    result (the batch size and FID settings do not: FID is recomputed by every report)."""
-    return provenance.fingerprint({
-        "model": config.model, "tasks": [t.as_dict() for t in config.tasks], "budgets": list(config.budgets),
-        "methods": [m.as_dict() for m in config.methods],
-        "seed": config.seed, "image_shape": config.image_shape, "lpips": config.lpips})
-
-
-def check_folder(layout: OutputLayout, config: EvalConfig, overwrite: bool) -> dict | None:
-    """The manifest of the earlier evaluation in the folder when it was made by another config, or None.
-
-    A folder made by another config is refused (ValueError) unless `overwrite`."""
-    if not layout.manifest.is_file():
-        return None
-    try:
-        earlier = json.loads(layout.manifest.read_text())
-        same = earlier["config"] == config_fingerprint(config)
-    except (ValueError, KeyError, TypeError):
-        earlier, same = {}, False
-    if same:
-        return None
-    if not overwrite:
-        made_by = earlier.get("config_file") or "an unreadable manifest"
-        raise ValueError(f"{layout.root} holds an evaluation made with another config ({made_by}): "
-                         f"pass --overwrite to replace its results, or choose another --out")
-    return earlier
-
-
-def clear_folder(layout: OutputLayout, earlier: dict) -> None:
-    """Remove what an earlier evaluation wrote (its task folders, clean/, reports, manifest), nothing else."""
-    from ipsolve.services.eval_report import REPORT_FILES
-
-    for name in ["clean", *earlier.get("tasks", [])]:
-        if name and "/" not in name and (layout.root / name).is_dir():
-            shutil.rmtree(layout.root / name)
-    for name in (*REPORT_FILES, layout.manifest.name):
-        (layout.root / name).unlink(missing_ok=True)
+def remove_files(root: Path, files) -> None:
+    """Remove `files` (inside `root`), then each of their folders left empty, up to `root` (exclusive)."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
 
 def model_image_shape(config: EvalConfig, model) -> tuple:
@@ -353,48 +310,48 @@ def model_image_shape(config: EvalConfig, model) -> tuple:
     return tuple(shape)
 
 
+def run_plan(plan) -> dict:
+    """Run a checked `eval_plan.EvalPlan`: remove what --overwrite replaces, write the manifest, compute
+    what is missing and report (rank 0's report; {} on the other ranks)."""
+    from ipsolve.services import eval_report
+
+    layout, workers = plan.layout, plan.workers
+    with folder_lock(layout.root, enabled=workers.is_main):
+        if workers.is_main:
+            remove_files(layout.root, plan.removals)
+            write_json(layout.manifest, plan.manifest)
+        workers.barrier()
+        evaluator = Evaluator(plan)
+        evaluator.run_all()
+        workers.barrier()
+        if not workers.is_main:
+            return {}
+        counts = {"computed": evaluator.computed, "reused": evaluator.reused, "replaced": evaluator.replaced}
+        return eval_report.write_report(plan.config, layout, list(plan.images), plan.config.model, plan.shape,
+                                        workers, counts, plan.lpips_net)
+
+
 def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str | None = None,
              limit: int | None = None, device: str | None = None, batch_size: int | None = None,
              overwrite: bool = False, config_file: str | None = None) -> dict:
     """Evaluate `config` on the images of `data_dir`, writing into `out_dir`; return what rank 0 reported.
 
     `model` (an ε-model) or `model_name` (for `load_model`, default the config's) picks the model.
-    Every input is checked before the folder is touched; a folder made by another config is refused
-    unless `overwrite`. In a torchrun job every rank calls this; rank 0 aggregates after a barrier, the
-    others return {}.
+    Every input is checked (`eval_plan.plan_evaluation`) before the folder is touched; a folder made
+    with other settings is refused unless `overwrite`. In a torchrun job every rank calls this; rank 0
+    aggregates after a barrier, the others return {}.
     """
-    from ipsolve.services import eval_report
-    from ipsolve.models import load_model
+    from ipsolve.services.eval_plan import plan_evaluation
 
     if batch_size is not None:
         config = replace(config, batch_size=batch_size)
     if model_name is not None:
         config = replace(config, model=model_name)
-    images = list_images(data_dir, limit)
-    layout = OutputLayout(out_dir)
     workers = distributed.start(device)
     try:
-        model = model if model is not None else load_model(config.model, device=workers.device)
-        shape = model_image_shape(config, model)
-        earlier = check_folder(layout, config, overwrite)
-        lpips_net = lpips_network(config, shape, workers.device)
-        evaluator = Evaluator(config, model, images, layout, workers, shape, lpips_net)
-        for task in config.tasks:
-            evaluator._operator(task)  # a task that cannot take the model's images fails before any writing
-        with folder_lock(layout.root, enabled=workers.is_main):
-            if workers.is_main:
-                if earlier is not None:
-                    clear_folder(layout, earlier)
-                write_json(layout.manifest, {"config": config_fingerprint(config), "config_file": config_file,
-                                             "tasks": [t.name for t in config.tasks]})
-            workers.barrier()
-            evaluator.run_all()
-            workers.barrier()
-            if not workers.is_main:
-                return {}
-            counts = {"computed": evaluator.computed, "reused": evaluator.reused, "replaced": evaluator.replaced}
-            return eval_report.write_report(config, layout, images, config.model, shape, workers, counts,
-                                            lpips_net)
+        plan = plan_evaluation(config, data_dir, out_dir, workers, model=model, limit=limit, overwrite=overwrite,
+                               config_file=config_file)
+        return run_plan(plan)
     finally:
         distributed.stop(workers)
 
@@ -407,7 +364,6 @@ def run_evaluation(config_name, data_dir, out_dir=None, *, model_name=None, limi
     if not fid:
         config = replace(config, fid_mode=None)
     out = Path(out_dir or f"runs/eval-{Path(config_name).stem}")
-    check_writable_folder(out)
     report = evaluate(config, data_dir, out, model_name=model_name, limit=limit, device=device,
                       batch_size=batch_size, overwrite=overwrite, config_file=str(config_name))
     return out, report
