@@ -317,7 +317,7 @@ def load_eval_config(reference) -> EvalConfig:
         for i, budget in enumerate(data["budgets"]):
             if data["budgets"].index(budget) != i:
                 raise ValueError(f"budgets[{i}] repeats {budget}: give each budget once")
-        tasks = tuple(_task_in(t, path) for t in data["tasks"])
+        tasks = tuple(_task_in(t, path, f"tasks[{i}]") for i, t in enumerate(data["tasks"]))
         for i, task in enumerate(tasks):
             if [t.name for t in tasks].index(task.name) != i:
                 raise ValueError(f"tasks[{i}] is named {task.name!r} like an earlier task: task names must be "
@@ -331,11 +331,16 @@ def load_eval_config(reference) -> EvalConfig:
                           image_shape=tuple(shape) if shape else None, source=source)
 
 
-def _task_in(reference, config_file: Path) -> TaskConfig:
-    """A checked task reference of the eval config `config_file`: a task already made from its mapping;
-    a path relative to the file's folder; a bare name in `../tasks/` beside that folder, else packaged."""
+def _task_in(reference, config_file: Path, where: str) -> TaskConfig:
+    """A checked task reference of the eval config `config_file` (at key path `where`): a task already made
+    from its mapping; a path relative to the file's folder; a bare name in `../tasks/` beside that folder,
+    else packaged."""
     if isinstance(reference, TaskConfig):
         return reference
-    if Path(reference).suffix in (".yml", ".yaml"):
-        return load_task(reference, config_file.parent)
-    return load_task(reference, config_file.parent.parent / "tasks")
+    folder = config_file.parent if Path(reference).suffix in (".yml", ".yaml") else config_file.parent.parent / "tasks"
+    try:
+        return load_task(reference, folder)
+    except ConfigError:  # a task file's own key, named with its file
+        raise
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None

@@ -20,10 +20,13 @@ MAX_SEED = 2**63 - 1
 
 
 def key_path(where: str, key) -> str:
-    """`where` extended by a mapping key (`methods.ddrm`) or a list position (`tasks[2]`)."""
-    if isinstance(key, int) and not isinstance(key, bool):
-        return f"{where}[{key}]"
+    """`where` extended by a mapping key: `methods.ddrm`, `methods.nested.splits.20`."""
     return f"{where}.{key}" if where else str(key)
+
+
+def item_path(where: str, index: int) -> str:
+    """`where` extended by a list position: `tasks[2]`."""
+    return f"{where}[{index}]"
 
 
 def shown(value) -> str:
@@ -146,7 +149,7 @@ class ListOf:
     def __call__(self, value, where: str):
         if not isinstance(value, list) or len(value) < self.least or (self.count is not None and len(value) != self.count):
             raise refuse(where, self.what, value)
-        return [self.item(entry, key_path(where, i)) for i, entry in enumerate(value)]
+        return [self.item(entry, item_path(where, i)) for i, entry in enumerate(value)]
 
 
 class MapOf:
@@ -218,7 +221,7 @@ def first_difference(before, now, where: str = ""):
         return None
     if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
         for i, (old, new) in enumerate(zip(before, now)):
-            found = first_difference(old, new, key_path(where, i))
+            found = first_difference(old, new, item_path(where, i))
             if found:
                 return found
         return None

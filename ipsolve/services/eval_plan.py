@@ -1,7 +1,7 @@
 """The plan of `ipsolve eval`: every input read and checked, nothing written.
 
 `plan_evaluation` checks, in this order, and refuses with one ValueError line at the first problem:
-the images of --data; the model and the image size; each budget against the model's diffusion steps and
+the images of --data; the model and the image size it takes; each budget against the model's diffusion steps and
 each nested split against what the model can plan; each task's operator on the model's images and each
 solver on each operator; every output folder resolved under --out (a link out of it is refused); and what
 --out already holds: the same settings resume, other settings are refused with the first difference
@@ -19,7 +19,7 @@ import degradations
 import solvers
 from ipsolve import distributed, provenance, schema
 from ipsolve.config import EvalConfig
-from ipsolve.restore import check_solver_takes
+from ipsolve.restore import check_model_fits, check_solver_takes
 from ipsolve.services.checks import check_writable_folder
 from ipsolve.services.eval_report import REPORT_FILES
 from ipsolve.services.evaluation import OutputLayout, list_images, lpips_network, model_image_shape, plan_runs
@@ -77,6 +77,7 @@ def plan_evaluation(config: EvalConfig, data_dir, out_dir, workers: distributed.
     images = tuple(list_images(data_dir, limit))
     model = model if model is not None else load_model(config.model, device=workers.device)
     shape = model_image_shape(config, model)
+    check_image_shape(config, model, workers.device)
     check_steps(config, model)
     operators = tuple((task.name, task_operator(task, shape)) for task in config.tasks)
     for task_name, op in operators:
@@ -92,6 +93,21 @@ def plan_evaluation(config: EvalConfig, data_dir, out_dir, workers: distributed.
     return EvalPlan(config=config, config_file=config_file, images=images, layout=layout, model=model,
                     shape=shape, lpips_net=lpips_network(config, shape, workers.device), operators=operators,
                     removals=removals, manifest=manifest(config, config_file), workers=workers)
+
+
+def check_image_shape(config: EvalConfig, model, device) -> None:
+    """The config's image_shape (when it gives one) is one the model can denoise."""
+    shape, trained = config.image_shape, getattr(model, "image_shape", None)
+    if shape is None or trained is None:
+        return
+    if shape[0] != trained[0]:
+        raise ValueError(f"image_shape is {list(shape)}, but the model {config.model} takes {trained[0]}-channel "
+                         f"images")
+    try:
+        check_model_fits(model, shape, device)
+    except ValueError:
+        raise ValueError(f"image_shape is {list(shape)}, but the model {config.model} (trained at "
+                         f"{trained[1]}x{trained[2]}) cannot take {shape[1]}x{shape[2]} images") from None
 
 
 def check_steps(config: EvalConfig, model) -> None:
