@@ -2,6 +2,8 @@
 (`ipsolve.services.evaluation`). Imported only when the command runs."""
 from __future__ import annotations
 
+import sys
+
 from ipsolve.services.values import device_name, folder_name, positive_int
 
 
@@ -25,14 +27,25 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--no-fid", action="store_true", help="skip FID / KID (PSNR and LPIPS only)")
 
 
+EXIT_SOME_FAILED = 1
+
+
 def run_eval(args) -> int:
-    """`ipsolve eval`: run, then print where the tables are and how much was reused (rank 0)."""
+    """`ipsolve eval`: run, then print where the tables are and how much was reused (rank 0); exit code 1
+    when some images could not be read (the line says how many, failed.csv why)."""
     from ipsolve.services.evaluation import run_evaluation
 
     out, report = run_evaluation(args.config, args.data, args.out, model_name=args.model, limit=args.limit,
                                  device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
                                  fid=not args.no_fid)
-    if report:
+    if not report:
+        return 0
+    if report["images"]:
         print(f"{out / 'table.md'}: {report['images']} images, {report['computed']} computed "
               f"({report['replaced']} replacing results of other settings), {report['reused']} reused")
+    failed = len(report["failed"])
+    if failed:
+        print(f"ipsolve: {failed} of {failed + report['images']} images could not be read and were left out: "
+              f"{out / 'failed.csv'} says why", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return 0

@@ -1,11 +1,14 @@
 """The plan of `ipsolve eval`: every input read and checked, nothing written.
 
 `plan_evaluation` checks, in this order, and refuses with one ValueError line at the first problem:
-the images of --data; the model and the image size it takes; each budget against the model's diffusion steps and
-each nested split against what the model can plan; each task's operator on the model's images and each
-solver on each operator; every output folder resolved under --out (a link out of it is refused); and what
---out already holds: the same settings resume, other settings are refused with the first difference
-named, unless `overwrite`, whose plan lists exactly the files the earlier evaluation recorded it wrote.
+- the images of --data (listed; one that cannot be decoded is left out at run time, exit code 1);
+- the model, and the image_shape it takes;
+- each budget against the model's diffusion steps, each nested split against what the model can plan;
+- each task's operator on the model's images, and each solver on each operator;
+- every output folder resolved under --out (a link out of it is refused), and no input among the outputs;
+- what --out already holds: the same settings resume; other settings are refused with the first
+  difference named, unless `overwrite`, whose plan lists exactly the files the earlier evaluation
+  recorded it wrote (a user's own files in the folder are never among them).
 `EvalPlan` is immutable; `evaluation.run_plan` only runs it.
 """
 from __future__ import annotations
@@ -89,6 +92,7 @@ def plan_evaluation(config: EvalConfig, data_dir, out_dir, workers: distributed.
     layout = OutputLayout(out_dir)
     check_writable_folder(layout.root)
     check_confined(layout, config)
+    check_disjoint(layout, config, images, config_file)
     removals = earlier_files(layout, config, overwrite)
     return EvalPlan(config=config, config_file=config_file, images=images, layout=layout, model=model,
                     shape=shape, lpips_net=lpips_network(config, shape, workers.device), operators=operators,
@@ -156,6 +160,24 @@ def check_confined(layout: OutputLayout, config: EvalConfig) -> None:
             for budget in config.budgets:
                 folder = layout.folder(task.name, method.name, budget)
                 schema.confined(layout.root, folder, f"task {task.name}, method {method.name}")
+
+
+def check_disjoint(layout: OutputLayout, config: EvalConfig, images: tuple, config_file: str | None) -> None:
+    """No input (an image of --data, the config file) is among the files the evaluation writes, or in one
+    of its folders (clean/ and the task folders)."""
+    folders = [layout.root / "clean", *(layout.root / task.name for task in config.tasks)]
+    files = [layout.root / name for name in (*REPORT_FILES, layout.manifest.name)]
+    written_folders = [folder.resolve() for folder in folders]
+    written_files = {file.resolve() for file in files}
+    inputs = [("--data", image) for image in images]
+    if config_file is not None and Path(config_file).is_file():
+        inputs.append(("--config", Path(config_file)))
+    for flag, path in inputs:
+        resolved = path.resolve()
+        inside = next((f for f in written_folders if f in resolved.parents), None)
+        if resolved in written_files or inside is not None:
+            raise ValueError(f"{flag} {path} would be overwritten: the evaluation writes "
+                             f"{inside or resolved} in --out {layout.root}; choose another --out")
 
 
 def earlier_files(layout: OutputLayout, config: EvalConfig, overwrite: bool) -> tuple:

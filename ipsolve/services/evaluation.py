@@ -12,12 +12,16 @@ Batches: the indices of a process are cut into fixed batches of `batch_size` per
 evaluation computes every image in the same batch as an uninterrupted one and gets the same numbers.
 
 Outputs in OUT (each file written atomically):
-    evaluation.json                         the config that made the folder (a different one is refused
-                                            unless `overwrite`, which first removes the old results)
+    evaluation.json                         the settings that made the folder and the names of its task
+                                            and method folders (other settings are refused unless
+                                            `overwrite`, which first removes the files the earlier
+                                            evaluation recorded, and nothing else: see eval_plan)
     clean/00000.png                         the dataset image as evaluated (the FID reference set)
     TASK/METHOD/nfe010/00000.png, .json     the output after 10 NFEs and its record (PSNR, LPIPS, NFE and
                                             `key`, the fingerprint of what produced it)
     per_image.csv, results.csv, table.md, curves.png, results.json   (written by rank 0, see eval_report)
+    failed.csv                              the images that could not be read, and why (only when some
+                                            could not: they are left out of every table)
 
 Resuming: a stored output is reused only when its record's key equals the key of the work asked for now:
 the task and method parameters, the budget, the model's weights, the bytes of the source image, the
@@ -38,6 +42,7 @@ import ipsolve
 from ipsolve import distributed, metrics, provenance
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_config
 from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
+from ipsolve.services.checks import one_line
 from ipsolve.services.folder_lock import folder_lock
 from ipsolve.services.progress import CountProgress
 
@@ -209,6 +214,7 @@ class Evaluator:
         self.workers, self.shape, self.lpips_net, self.plan = plan.workers, plan.shape, plan.lpips_net, plan
         self.model_key = provenance.model_fingerprint(plan.model)
         self.computed = self.reused = self.replaced = 0
+        self.failed = {}  # index → why its image could not be read (this process's shard)
         self._data_keys = {}
 
     def key(self, run: Run, budget: int, index: int) -> str:
@@ -223,9 +229,7 @@ class Evaluator:
             "lpips": self.lpips_net})
 
     def run_all(self) -> None:
-        indices = list(self.workers.shard(len(self.images)))
-        for index in indices:
-            self._save_clean(index)
+        indices = [i for i in self.workers.shard(len(self.images)) if self._save_clean(i)]
         size = self.config.batch_size
         todo = []  # (run, batch, the indices of the batch to store)
         for run in plan_runs(self.config):
@@ -247,9 +251,17 @@ class Evaluator:
         self.replaced += any(key is not None for key in stored)
         return False
 
-    def _save_clean(self, index: int) -> None:
-        """The FID reference image, always from the current data (a cheap, atomic rewrite)."""
-        save_image(load_clean(self.images[index], self.shape), self.layout.clean(index))
+    def _save_clean(self, index: int) -> bool:
+        """Store the FID reference image, always from the current data (a cheap, atomic rewrite); False
+        (and no clean image) when the image cannot be read: it is left out and counted as failed."""
+        try:
+            image = load_clean(self.images[index], self.shape)
+        except (OSError, ValueError) as error:
+            self.failed[index] = one_line(error)
+            self.layout.clean(index).unlink(missing_ok=True)
+            return False
+        save_image(image, self.layout.clean(index))
+        return True
 
     def _run_batch(self, run: Run, op, batch: list[int], pending: list[int]) -> None:
         """Solve the whole fixed `batch` (so its numbers never depend on what was resumed); store `pending`."""
@@ -328,7 +340,23 @@ def run_plan(plan) -> dict:
             return {}
         counts = {"computed": evaluator.computed, "reused": evaluator.reused, "replaced": evaluator.replaced}
         return eval_report.write_report(plan.config, layout, list(plan.images), plan.config.model, plan.shape,
-                                        workers, counts, plan.lpips_net)
+                                        workers, counts, plan.lpips_net, failed_images(plan, evaluator.failed))
+
+
+def failed_images(plan, own: dict) -> dict:
+    """index → why, for every image of every process that could not be read: those left without a clean
+    image after the barrier; `own` holds this process's reasons, the others' images are read again."""
+    return {index: own.get(index) or unreadable(path, plan.shape) for index, path in enumerate(plan.images)
+            if not plan.layout.clean(index).is_file()}
+
+
+def unreadable(path: Path, shape: tuple) -> str:
+    """Why the image at `path` cannot be read ("" when it can)."""
+    try:
+        load_clean(path, shape)
+    except (OSError, ValueError) as error:
+        return one_line(error)
+    return ""
 
 
 def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str | None = None,
