@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import degradations
 import solvers
 from ipsolve import distributed, provenance, schema
-from ipsolve.config import EvalConfig
+from ipsolve.config import EvalConfig, in_file
 from ipsolve.restore import check_model_fits, check_solver_takes
 from ipsolve.services.checks import check_writable_folder
 from ipsolve.services.eval_report import REPORT_FILES
@@ -80,15 +81,16 @@ def plan_evaluation(config: EvalConfig, data_dir, out_dir, workers: distributed.
     images = tuple(list_images(data_dir, limit))
     model = model if model is not None else load_model(config.model, device=workers.device)
     shape = model_image_shape(config, model)
-    check_image_shape(config, model, workers.device)
-    check_steps(config, model)
-    operators = tuple((task.name, task_operator(task, shape)) for task in config.tasks)
-    for task_name, op in operators:
-        for method in config.methods:
-            try:
-                check_solver_takes(method.solver, op)
-            except ValueError as error:
-                raise ValueError(f"methods.{method.name} cannot restore task {task_name}: {error}") from None
+    with in_file(config_file) if config_file else nullcontext():  # the keys of the config, against the model
+        check_image_shape(config, model, workers.device)
+        check_steps(config, model)
+        operators = tuple((task.name, task_operator(task, shape)) for task in config.tasks)
+        for task_name, op in operators:
+            for method in config.methods:
+                try:
+                    check_solver_takes(method.solver, op)
+                except ValueError as error:
+                    raise ValueError(f"methods.{method.name} cannot restore task {task_name}: {error}") from None
     layout = OutputLayout(out_dir)
     check_writable_folder(layout.root)
     check_confined(layout, config)
