@@ -1,4 +1,4 @@
-"""Task and evaluation configurations (YAML, read with `yaml.safe_load`).
+"""Task and evaluation configurations (YAML, read by `read_yaml`: a SafeLoader that refuses a key given twice).
 
 Named configs ship inside the package, in `ipsolve/configs/{models,tasks,eval}/` (the checkout's
 top-level `configs/` is a link to that folder), so an installed wheel knows them too.
@@ -16,6 +16,10 @@ An evaluation file (`eval/NAME.yml`) lists the model, tasks, NFE budgets, method
 (`embedded_smoke`) or any path. References inside a config resolve relative to the config file: a task
 path `my_tasks/x.yml` next to it, a bare task name in `../tasks/NAME.yml` beside the config's folder when
 that file exists, else among the packaged tasks.
+
+Every key is checked against a schema (`TASK_FIELDS`, `EVAL_FIELDS` and each method's fields, built from
+`SOLVER_OPTIONS`; the rules are `ipsolve.schema`'s) before any value is used: a refusal is one ValueError
+line naming the file, the key path (`methods.ddrm.eta`), the value and what is allowed.
 """
 from __future__ import annotations
 
