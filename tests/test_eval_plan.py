@@ -103,11 +103,22 @@ def test_a_task_named_like_a_path_is_refused_before_anything_is_written(world, c
     assert tree(world) == before
 
 
+@pytest.mark.parametrize("mine", ["table.md", "clean/notes.txt", "deno/draft.png"])
+def test_a_user_s_files_in_an_output_folder_no_evaluation_made_are_never_written_over(world, capsys, mine):
+    (world / "out" / mine).parent.mkdir(parents=True, exist_ok=True)
+    (world / "out" / mine).write_text("mine")
+    (world / "config.yml").write_text(yaml.safe_dump(CONFIG))
+    before = tree(world)
+    code, err = run_eval(world, capsys)
+    assert code == 2 and "was not written by an evaluation" in err and mine.split("/")[0] in err
+    assert tree(world) == before
+
+
 def test_a_link_out_of_the_output_folder_is_refused(world, capsys):
     elsewhere = world / "elsewhere"
     elsewhere.mkdir()
     (world / "out").mkdir()
-    (world / "out" / "deno").symlink_to(elsewhere)
+    (world / "out" / "deno").symlink_to(elsewhere, target_is_directory=True)
     code, err = run_eval(world, capsys)
     assert code == 2 and f"outside the output folder {(world / 'out').resolve()}" in err
     assert not list(elsewhere.iterdir()) and sorted(os.listdir(world / "out")) == ["deno"]

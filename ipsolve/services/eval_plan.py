@@ -6,8 +6,8 @@
 - each budget against the model's diffusion steps, each nested split against what the model can plan;
 - each task's operator on the model's images, and each solver on each operator;
 - every output folder resolved under --out (a link out of it is refused), and no input among the outputs;
-- what --out already holds: the same settings resume; other settings are refused with the first
-  difference named, unless `overwrite`, whose plan lists exactly the files the earlier evaluation
+- what --out already holds: nothing of the evaluation's names unless an evaluation wrote them (its
+  manifest); the same settings resume; other settings are refused with the first difference named, unless `overwrite`, whose plan lists exactly the files the earlier evaluation
   recorded it wrote (a user's own files in the folder are never among them).
 `EvalPlan` is immutable; `evaluation.run_plan` only runs it.
 """
@@ -187,6 +187,7 @@ def earlier_files(layout: OutputLayout, config: EvalConfig, overwrite: bool) -> 
     files the earlier evaluation recorded it wrote, when `overwrite` (ValueError naming the first
     difference otherwise)."""
     if not layout.manifest.is_file():
+        check_nothing_in_the_way(layout, config)
         return ()
     try:
         earlier = json.loads(layout.manifest.read_text())
@@ -199,6 +200,15 @@ def earlier_files(layout: OutputLayout, config: EvalConfig, overwrite: bool) -> 
         raise ValueError(f"{layout.root} holds an evaluation with other settings ({difference(earlier, config)}): "
                          f"pass --overwrite to replace its results, or choose another --out")
     return recorded_files(layout, earlier)
+
+
+def check_nothing_in_the_way(layout: OutputLayout, config: EvalConfig) -> None:
+    """--out without an evaluation's manifest holds none of the names the evaluation writes (a user's own
+    table.md or deno/ folder is never written over)."""
+    for name in (*REPORT_FILES, "clean", *(task.name for task in config.tasks)):
+        if (layout.root / name).exists():
+            raise ValueError(f"{layout.root / name} was not written by an evaluation (--out holds no "
+                             f"{layout.manifest.name}) and this one would write there: choose another --out")
 
 
 def difference(earlier: dict, config: EvalConfig) -> str:
