@@ -229,11 +229,12 @@ def by_name(settings: dict) -> dict:
 
 
 def recorded_files(layout: OutputLayout, earlier: dict) -> tuple:
-    """The files an earlier evaluation wrote in --out, by its manifest: the reports, the manifest, clean/
-    and the result files of its task / method folders (plain names only; nothing a user put there)."""
+    """The files an earlier evaluation wrote in --out, by its manifest: the reports, clean/ and the result
+    files of its task / method folders (plain names only; nothing a user put there). The manifest itself
+    is not removed but replaced, so a run killed while removing still finds it."""
     root = layout.root
     names = lambda key: [n for n in earlier.get(key) or [] if _is_plain(n)]  # noqa: E731
-    files = [root / name for name in (*REPORT_FILES, layout.manifest.name) if (root / name).is_file()]
+    files = [root / name for name in REPORT_FILES if (root / name).is_file()]  # (the manifest is replaced)
     files += [p for p in sorted((root / "clean").glob("*.png")) if WRITTEN.fullmatch(p.name)]
     for task in names("tasks"):
         methods = names("methods") or [p.name for p in sorted((root / task).glob("*")) if p.is_dir()]
