@@ -5,7 +5,8 @@ wrong type, a number out of range, NaN or ±inf, a name that would be a path, a 
 budget the model or the nested run cannot spend — must give exit code 2, exactly one `ipsolve: error:`
 line naming the key, and leave the folder holding the config, the data and --out byte for byte as it
 was (no lock, no empty folders). The CLI's `main` is called in-process; a few cases also run as a
-subprocess, to see that nothing but the one line reaches stderr.
+subprocess, to see that nothing but the one line reaches stderr. Last, hypothesis puts any value at any
+key: the config is accepted, or refused with one line naming the key — never a traceback.
 """
 import copy
 import hashlib
@@ -238,3 +239,31 @@ def test_shapes_that_gave_tracebacks_are_one_line_in_a_real_process(world, tmp_p
     assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith("ipsolve: error: ")
     assert names in done.stderr
     assert tree(world) == before
+
+
+# Any value at any key: the config is accepted or refused with one line naming the key, never a traceback.
+hypothesis = pytest.importorskip("hypothesis")
+strategies = hypothesis.strategies
+VALUES = strategies.recursive(
+    strategies.none() | strategies.booleans() | strategies.integers(-2**64, 2**64)
+    | strategies.floats(allow_nan=True, allow_infinity=True) | strategies.text(max_size=8),
+    lambda inner: strategies.lists(inner, max_size=3) | strategies.dictionaries(strategies.text(max_size=6)
+                                                                                | strategies.integers(-3, 9), inner,
+                                                                                max_size=3),
+    max_leaves=6)
+
+
+@hypothesis.settings(max_examples=300, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(path=strategies.sampled_from(sorted(KINDS)), value=VALUES)
+def test_any_value_at_any_key_is_accepted_or_one_line_naming_it(tmp_path, path, value):
+    from ipsolve.config import load_eval_config
+
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump(replaced(path, value)))
+    try:
+        load_eval_config(config)
+    except ValueError as refused:
+        line = str(refused)
+        assert "\n" not in line and line.startswith(f"{config}: ")
+        assert path.split("[")[0].split(".")[0] in line
