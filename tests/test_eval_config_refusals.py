@@ -16,11 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis
 import pytest
 import torch
 import yaml
+from hypothesis import strategies
 
 from ipsolve.cli import main
+from ipsolve.config import load_eval_config
 from ipsolve.imageio import save_image
 
 VALID = {"model": "gaussian:1x32x32", "seed": 3, "batch_size": 2,
@@ -242,8 +245,6 @@ def test_shapes_that_gave_tracebacks_are_one_line_in_a_real_process(world, tmp_p
 
 
 # Any value at any key: the config is accepted or refused with one line naming the key, never a traceback.
-hypothesis = pytest.importorskip("hypothesis")
-strategies = hypothesis.strategies
 VALUES = strategies.recursive(
     strategies.none() | strategies.booleans() | strategies.integers(-2**64, 2**64)
     | strategies.floats(allow_nan=True, allow_infinity=True) | strategies.text(max_size=8),
@@ -257,8 +258,6 @@ VALUES = strategies.recursive(
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 @hypothesis.given(path=strategies.sampled_from(sorted(KINDS)), value=VALUES)
 def test_any_value_at_any_key_is_accepted_or_one_line_naming_it(tmp_path, path, value):
-    from ipsolve.config import load_eval_config
-
     config = tmp_path / "config.yml"
     config.write_text(yaml.safe_dump(replaced(path, value)))
     try:
