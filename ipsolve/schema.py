@@ -13,6 +13,7 @@ guard the names that become paths.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -30,11 +31,16 @@ def item_path(where: str, index: int) -> str:
 
 
 def shown(value) -> str:
-    """A value as the user wrote it: strings quoted, numbers and lists as YAML would show them."""
+    """A value in YAML's words: true / false, null, nan / inf, lists and mappings in flow style; text
+    quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    if value is None:
-        return "null (nothing)"
     return repr(value)
 
 

@@ -10,7 +10,7 @@ from ipsolve import schema
 
 @pytest.mark.parametrize("rule, value, says", [
     (schema.Integer(1), 0, "x must be a positive integer, got 0"),
-    (schema.Integer(1), True, "x must be a positive integer, got True"),
+    (schema.Integer(1), True, "x must be a positive integer, got true"),
     (schema.Integer(1), 2.0, "x must be a positive integer, got 2.0"),
     (schema.Integer(1), "2", "x must be a positive integer, got '2'"),
     (schema.Integer(0, 9), 10, "x must be an integer from 0 to 9, got 10"),
@@ -19,7 +19,9 @@ from ipsolve import schema
     (schema.Number(0), math.inf, "x must be a finite number ≥ 0, got inf"),
     (schema.Number(0), -1e-9, "x must be a finite number ≥ 0, got -1e-09"),
     (schema.Number(0, above=True), 0, "x must be a finite number > 0, got 0"),
-    (schema.Number(), False, "x must be a finite number, got False"),
+    (schema.Number(), False, "x must be a finite number, got false"),
+    (schema.Text(), None, "x must be a non-empty text, got null"),
+    (schema.Fields(), ["a"], 'x must be a mapping of `key: value` lines, got ["a"]'),
     (schema.Flag(), "yes", "x must be true or false, got 'yes'"),
     (schema.Text(), "  ", "x must be a non-empty text, got '  '"),
     (schema.Choice("alex", None), "vgg", "x must be one of alex, null, got 'vgg'"),
