@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 MAX_SEED = 2**63 - 1
@@ -86,13 +87,13 @@ class Number:
         return "a finite number"
 
     def __call__(self, value, where: str):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise refuse(where, self.what, value)
-        if self.low is not None and (value < self.low or (self.above and value == self.low)):
+        number = float(value) if abs(value) <= sys.float_info.max else math.inf  # 10**400 is no float
+        below = self.low is not None and (number < self.low or (self.above and number == self.low))
+        if not math.isfinite(number) or below or (self.high is not None and number > self.high):
             raise refuse(where, self.what, value)
-        if self.high is not None and value > self.high:
-            raise refuse(where, self.what, value)
-        return float(value)
+        return number
 
 
 class Flag:
@@ -145,15 +146,14 @@ def plain_name(value, where: str) -> str:
 
 
 class ListOf:
-    """A list of `count` (an exact number) or at least `least` items, each checked by `item`."""
+    """A list of one or more items (exactly `count` when given), each checked by `item`."""
 
-    def __init__(self, item, least: int = 1, count: int | None = None):
-        self.item, self.least, self.count = item, least, count
-        size = f"{count}" if count is not None else ("one or more" if least == 1 else f"at least {least}")
-        self.what = f"a list of {size} items, each {item.what}"
+    def __init__(self, item, count: int | None = None):
+        self.item, self.count = item, count
+        self.what = f"a list of {count or 'one or more'} items, each {item.what}"
 
     def __call__(self, value, where: str):
-        if not isinstance(value, list) or len(value) < self.least or (self.count is not None and len(value) != self.count):
+        if not isinstance(value, list) or not value or (self.count is not None and len(value) != self.count):
             raise refuse(where, self.what, value)
         return [self.item(entry, item_path(where, i)) for i, entry in enumerate(value)]
 

@@ -128,8 +128,8 @@ def mutations():
         "a method naming no solver": (renamed_method("ddrm", "mine"), "methods.mine"),
         "nested: maybe": (replaced("methods.nested", {"inner_steps": 2, "nested": "yes"}), "methods.nested.nested"),
         "no inner_steps nor splits": (replaced("methods.nested", {}), "methods.nested"),
-        "both inner_steps and splits": (replaced("methods.nested", {"inner_steps": 2, "splits": {2: [1, 2], 4: [2, 2]}}),
-                                        "methods.nested"),
+        "both inner_steps and splits": (
+            replaced("methods.nested", {"inner_steps": 2, "splits": {2: [1, 2], 4: [2, 2]}}), "methods.nested"),
         "inner_steps not dividing a budget": (replaced("methods.nested.inner_steps", 3), "methods.nested.inner_steps"),
         "inner_steps above the budgets": (replaced("methods.nested.inner_steps", 8), "methods.nested.inner_steps"),
         "a budget above outer x inner": (replaced("methods.nested", {"splits": {2: [1, 2], 4: [1, 2]}}),

@@ -7,8 +7,9 @@
 - each task's operator on the model's images, and each solver on each operator;
 - every output folder resolved under --out (a link out of it is refused), and no input among the outputs;
 - what --out already holds: nothing of the evaluation's names unless an evaluation wrote them (its
-  manifest); the same settings resume; other settings are refused with the first difference named, unless `overwrite`, whose plan lists exactly the files the earlier evaluation
-  recorded it wrote (a user's own files in the folder are never among them).
+  manifest); the same settings resume; other settings are refused with the first difference named,
+  unless `overwrite`, whose plan lists exactly the files the earlier evaluation recorded it wrote (a
+  user's own files in the folder are never among them).
 `EvalPlan` is immutable; `evaluation.run_plan` only runs it.
 """
 from __future__ import annotations
