@@ -1,5 +1,6 @@
 """`ipsolve eval`: its arguments, and the line it prints after the evaluation service
-(`ipsolve.services.evaluation`). Imported only when the command runs."""
+(`ipsolve.services.evaluation`, which plans, then runs). Exit codes: 0 all done, 1 some images could not
+be read, 2 refused before anything was written. Imported only when the command runs."""
 from __future__ import annotations
 
 import sys
@@ -18,7 +19,8 @@ def add_eval_arguments(parser) -> None:
                         help="output folder (default runs/eval-CONFIG); a rerun reuses every stored result "
                         "that the same config, model, image and seed produced, and recomputes the rest")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results in --out when an evaluation of another config made them")
+                        help="replace the results in --out when an evaluation with other settings made them "
+                        "(only the files that evaluation recorded it wrote are removed)")
     parser.add_argument("--model", help="model name or path, overriding the config's `model`")
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available, "
                         "per rank)")
