@@ -1,4 +1,4 @@
-"""Task and evaluation configurations (YAML, read with `yaml.safe_load`).
+"""Task and evaluation configurations (YAML, read by `read_yaml`: a SafeLoader that refuses a key given twice).
 
 Named configs ship inside the package, in `ipsolve/configs/{models,tasks,eval}/` (the checkout's
 top-level `configs/` is a link to that folder), so an installed wheel knows them too.
@@ -16,13 +16,21 @@ An evaluation file (`eval/NAME.yml`) lists the model, tasks, NFE budgets, method
 (`embedded_smoke`) or any path. References inside a config resolve relative to the config file: a task
 path `my_tasks/x.yml` next to it, a bare task name in `../tasks/NAME.yml` beside the config's folder when
 that file exists, else among the packaged tasks.
+
+Every key is checked against a schema (`TASK_FIELDS`, `EVAL_FIELDS` and each method's fields, built from
+`SOLVER_OPTIONS`; the rules are `ipsolve.schema`'s) before any value is used: a refusal is one ValueError
+line naming the file, the key path (`methods.ddrm.eta`), the value and what is allowed.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from ipsolve import schema
 
 SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
 SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta", "weight"), "dps": ("step_size",)}
@@ -30,14 +38,34 @@ CHOICE_OPTIONS = {"weight": ("code", "paper", "score")}  # options that name a c
 CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged named configs: models/, tasks/, eval/
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last one, so a
+    second `ddrm:` under `methods:` would silently replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}  # key → the line it was first given on
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` is no key of its own
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader refuses it with its own message
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first on line {lines[key] + 1})",
+                    key_node.start_mark)
+            lines[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path) -> dict:
-    """A YAML mapping from `path` (ValueError when the file is missing or not a mapping)."""
+    """A YAML mapping from `path` (ValueError when the file is missing, is not a mapping or repeats a key)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} is not a file: give the path of a YAML config")
     with open(path) as file:
         try:
-            data = yaml.safe_load(file)
+            data = yaml.load(file, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -48,10 +76,26 @@ def read_yaml(path) -> dict:
     return data
 
 
-def _check_keys(data: dict, allowed: set, where: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; allowed keys are {sorted(allowed)}")
+class ConfigError(ValueError):
+    """A refusal that already names its file."""
+
+
+@contextmanager
+def in_file(path):
+    """Name `path` in the ValueErrors raised inside the block (once: a ConfigError already names its own)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+TASK_FIELDS = schema.Fields(
+    required={"operator": schema.Text()},
+    optional={"name": schema.Name(), "sigma_y_pixel": schema.Number(0, 1),
+              "params": schema.NullOr(schema.MapOf(schema.Text(), schema.Anything(), least=0)),
+              "seed": schema.Integer(0, schema.MAX_SEED)})
 
 
 @dataclass(frozen=True)
@@ -69,15 +113,13 @@ class TaskConfig:
         return 2.0 * self.sigma_y_pixel
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "task") -> "TaskConfig":
-        _check_keys(data, {"name", "operator", "sigma_y_pixel", "params", "seed"}, where)
-        if "operator" not in data:
-            raise ValueError(f"{where}: missing `operator` (a degradations.make name such as sr4)")
-        sigma = float(data.get("sigma_y_pixel", 0.0))
-        if sigma < 0:
-            raise ValueError(f"{where}: sigma_y_pixel must be >= 0, got {sigma}")
-        return cls(name=str(data.get("name", data["operator"])), operator=str(data["operator"]),
-                   sigma_y_pixel=sigma, params=dict(data.get("params") or {}), seed=int(data.get("seed", 0)))
+    def from_dict(cls, data, where: str = "") -> "TaskConfig":
+        """A task from its mapping, checked against TASK_FIELDS (`where`: its key path, "" for a file)."""
+        data = TASK_FIELDS(data, where)
+        name = data.get("name", data["operator"])
+        schema.plain_name(name, schema.key_path(where, "name" if "name" in data else "operator"))
+        return cls(name=name, operator=data["operator"], sigma_y_pixel=data.get("sigma_y_pixel", 0.0),
+                   params=dict(data.get("params") or {}), seed=data.get("seed", 0))
 
     def as_dict(self) -> dict:
         return {"name": self.name, "operator": self.operator, "params": self.params, "seed": self.seed,
@@ -97,7 +139,8 @@ def load_task(reference, base_dir=None) -> TaskConfig:
     else:
         local = None if base_dir is None else Path(base_dir) / f"{reference}.yml"
         path = local if local is not None and local.is_file() else named_config("tasks", reference)
-    return TaskConfig.from_dict(read_yaml(path), where=str(path))
+    with in_file(path):
+        return TaskConfig.from_dict(read_yaml(path))
 
 
 def named_config(kind: str, name: str) -> Path:
@@ -156,22 +199,35 @@ class EvalConfig:
 
 
 def _nested_splits(data: dict, budgets: tuple, where: str) -> dict:
-    """Budget → (outer, inner). `inner_steps: I` alone means one anytime run of max(budgets)/I outer steps."""
+    """Budget → (outer, inner). `inner_steps: I` alone means one anytime run of max(budgets)/I outer steps;
+    each budget is the preview after a whole number of inner runs, within the run (`check_schedule`)."""
+    from ipsolve.restore import check_schedule
+
+    if ("splits" in data) == ("inner_steps" in data):
+        raise ValueError(f"{where} must give either `inner_steps: I` or `splits: {{budget: [outer, inner]}}`"
+                         f"{', not both' if 'splits' in data else ''}")
     if "splits" in data:
-        splits = {int(b): tuple(int(v) for v in s) for b, s in data["splits"].items()}
-    elif "inner_steps" in data:
-        inner = int(data["inner_steps"])
-        outer = max(budgets) // inner
-        splits = {b: (outer, inner) for b in budgets}
+        splits = {b: tuple(s) for b, s in data["splits"].items()}
+        for budget in splits:
+            if budget not in budgets:
+                raise ValueError(f"{where}.splits.{budget} is a split for no budget: the budgets are "
+                                 f"{', '.join(map(str, budgets))}")
+        for budget in budgets:
+            if budget not in splits:
+                raise ValueError(f"{where}.splits has no [outer, inner] split for budget {budget}")
+        split_of = lambda budget: f"{where}.splits.{budget}"  # noqa: E731
     else:
-        raise ValueError(f"{where}: give `inner_steps: I` or `splits: {{budget: [outer, inner]}}`")
-    for budget in budgets:
-        if budget not in splits:
-            raise ValueError(f"{where}: budget {budget} has no outer×inner split")
-        outer, inner = splits[budget]
-        if budget % inner or not inner <= budget <= outer * inner:
-            raise ValueError(f"{where}: budget {budget} is not a preview of a {outer}×{inner} nested run "
-                             f"(it must be a multiple of {inner} up to {outer * inner})")
+        inner = data["inner_steps"]
+        splits = {b: (max(budgets) // inner, inner) for b in budgets}
+        split_of = lambda budget: f"{where}.inner_steps"  # noqa: E731
+    for budget, (outer, inner) in splits.items():
+        if budget % inner:
+            raise ValueError(f"{split_of(budget)}: budget {budget} is no whole number of inner runs of {inner} "
+                             f"NFE (every budget must be a multiple of the inner steps, {inner})")
+        try:
+            check_schedule(outer, inner, budget)
+        except ValueError as error:
+            raise ValueError(f"{split_of(budget)}: {error}") from None
     return {b: splits[b] for b in budgets}
 
 
@@ -184,71 +240,113 @@ def solver_default(solver: str, option: str):
     return inspect.signature(getattr(solvers, solver)).parameters[option].default
 
 
-def _option_value(key: str, value, where: str):
-    """A solver option from a config: one of its choices (CHOICE_OPTIONS), else a number."""
-    if key in CHOICE_OPTIONS:
-        if value not in CHOICE_OPTIONS[key]:
-            raise ValueError(f"{where}: {value!r} is not one of {', '.join(CHOICE_OPTIONS[key])}")
-        return value
-    return float(value)
+# The range of each solver option (the solvers' own checks, made before anything runs); an option missing
+# here is checked against the type of its default in the solver's signature (`option_rule`).
+OPTION_RULES = {("ddrm", "eta"): schema.Number(0, 1), ("ddrm", "eta_b"): schema.Number(0, 1),
+                ("ddnm", "eta"): schema.Number(0, 1), ("pigdm", "eta"): schema.Number(0),
+                ("pigdm", "weight"): schema.Choice(*CHOICE_OPTIONS["weight"]),
+                ("dps", "step_size"): schema.Number(0)}
 
 
-def _method(name: str, data: dict, budgets: tuple, where: str) -> MethodConfig:
+def option_rule(solver: str, option: str):
+    """The rule of a solver option: OPTION_RULES', else one for the type of the solver's default."""
+    if (solver, option) in OPTION_RULES:
+        return OPTION_RULES[solver, option]
+    default = solver_default(solver, option)
+    if isinstance(default, bool):
+        return schema.Flag()
+    if isinstance(default, int):
+        return schema.Integer()
+    if isinstance(default, float):
+        return schema.Number()
+    return schema.Text()
+
+
+NESTED_FIELDS = {"eta_outer": schema.Number(0), "inner_steps": schema.Integer(1),
+                 "splits": schema.MapOf(schema.Integer(1), schema.ListOf(schema.Integer(1), count=2))}
+
+
+def _method(name: str, data, budgets: tuple, where: str) -> MethodConfig:
     """A method entry `NAME: {solver:, nested:, options…}`; `solver` defaults to NAME when NAME is a solver
     (else ddrm) and `nested` to whether NAME starts with "nested" (so `ddrm:` and `nested:` keep meaning
-    plain and Nested DDRM)."""
-    data = dict(data or {})
-    solver = str(data.pop("solver", name if name in SOLVERS else "ddrm"))
-    if solver not in SOLVERS:
-        raise ValueError(f"{where}.{name}: unknown solver {solver!r}; choose among {list(SOLVERS)}")
+    plain and Nested DDRM). `where`: its key path (methods.NAME)."""
+    data = data or {}
+    solver = schema.Choice(*SOLVERS)(data.get("solver", name if name in SOLVERS else "ddrm"),
+                                     schema.key_path(where, "solver"))
     if name not in SOLVERS and not name.startswith("nested") and "nested" not in data:
-        raise ValueError(f"{where}: method {name!r} names no solver: use one of {list(SOLVERS)} or a name "
+        raise ValueError(f"{where} names no solver: call the method one of {', '.join(SOLVERS)} or a name "
                          f"starting with nested, or give solver: and nested:")
-    nested = bool(data.pop("nested", name.startswith("nested")))
-    allowed = set(SOLVER_OPTIONS[solver]) | ({"eta_outer", "inner_steps", "splits"} if nested else set())
-    _check_keys(data, allowed, f"{where}.{name}")
-    splits = _nested_splits(data, budgets, f"{where}.{name}") if nested else {}
-    options = {key: _option_value(key, data.get(key, solver_default(solver, key)), f"{where}.{name}.{key}")
-               for key in SOLVER_OPTIONS[solver]}
+    nested = schema.Flag()(data.get("nested", name.startswith("nested")), schema.key_path(where, "nested"))
+    fields = {"solver": schema.Choice(*SOLVERS), "nested": schema.Flag(),
+              **{option: option_rule(solver, option) for option in SOLVER_OPTIONS[solver]},
+              **(NESTED_FIELDS if nested else {})}
+    data = schema.Fields(optional=fields)(data, where)
+    splits = _nested_splits(data, budgets, where) if nested else {}
+    options = {key: data.get(key, solver_default(solver, key)) for key in SOLVER_OPTIONS[solver]}
     return MethodConfig(name=name, solver=solver, nested=nested, options=options,
-                        eta_outer=float(data.get("eta_outer", 0.0)), splits=splits)
+                        eta_outer=data.get("eta_outer", 0.0), splits=splits)
+
+
+class TaskReference:
+    """A task as the eval config gives it: a mapping (checked here), a .yml path, or a plain task name."""
+    what = "a task name, a .yml path or a task mapping"
+
+    def __call__(self, value, where: str):
+        if isinstance(value, dict):
+            return TaskConfig.from_dict(value, where)
+        if isinstance(value, str) and Path(value).suffix in (".yml", ".yaml"):
+            return value
+        return schema.plain_name(value, where)
+
+
+ANY_MAPPING = schema.MapOf(schema.Anything(), schema.Anything(), least=0)  # each method checks its own keys
+EVAL_FIELDS = schema.Fields(
+    required={"model": schema.Text(), "tasks": schema.ListOf(TaskReference()),
+              "budgets": schema.ListOf(schema.Integer(1)),
+              "methods": schema.MapOf(schema.Name(), schema.NullOr(ANY_MAPPING))},
+    optional={"image_shape": schema.NullOr(schema.ListOf(schema.Integer(1), count=3)),
+              "seed": schema.Integer(0, schema.MAX_SEED), "batch_size": schema.Integer(1),
+              "metrics": schema.NullOr(schema.Fields(optional={"lpips": schema.Choice("alex", "vgg", None),
+                                                               "fid": schema.Choice("clean", "legacy_pytorch",
+                                                                                    None)}))})
 
 
 def load_eval_config(reference) -> EvalConfig:
     """Read and check an evaluation config: a packaged name (`embedded_smoke`) or a path; its task
-    references resolve relative to the file (see the module docstring)."""
+    references resolve relative to the file (see the module docstring). Every key is checked against
+    EVAL_FIELDS (shape, then range) before any value is used; ValueError names the file and key path."""
     path = config_path(reference)
-    data = read_yaml(path)
-    allowed = {"model", "image_shape", "seed", "batch_size", "tasks", "budgets", "methods", "metrics"}
-    _check_keys(data, allowed, str(path))
-    for key in ("model", "tasks", "budgets", "methods"):
-        if key not in data:
-            raise ValueError(f"{path}: missing `{key}`")
-    budgets = tuple(sorted(int(b) for b in data["budgets"]))
-    if not budgets or budgets[0] < 1:
-        raise ValueError(f"{path}: budgets must be positive NFE counts, got {data['budgets']}")
-    tasks = tuple(_task_in(t, path) for t in data["tasks"])
-    if len({t.name for t in tasks}) != len(tasks):
-        raise ValueError(f"{path}: task names must be distinct")
-    methods = tuple(_method(n, m, budgets, f"{path}: methods") for n, m in data["methods"].items())
-    metrics = dict(data.get("metrics") or {})
-    _check_keys(metrics, {"lpips", "fid"}, f"{path}: metrics")
-    fid = metrics.get("fid", "clean")
-    if fid not in (None, "clean", "legacy_pytorch"):
-        raise ValueError(f"{path}: metrics.fid must be clean, legacy_pytorch or null, got {fid!r}")
-    lpips = metrics.get("lpips", "alex")
-    if lpips not in (None, "alex", "vgg"):
-        raise ValueError(f"{path}: metrics.lpips must be alex, vgg or null, got {lpips!r}")
-    shape = data.get("image_shape")
-    return EvalConfig(model=str(data["model"]), tasks=tasks, budgets=budgets, methods=methods,
-                      seed=int(data.get("seed", 0)), batch_size=int(data.get("batch_size", 4)),
-                      lpips=lpips, fid_mode=fid,
-                      image_shape=tuple(int(s) for s in shape) if shape else None, source=data)
+    source = read_yaml(path)
+    with in_file(path):
+        data = EVAL_FIELDS(source, "")
+        budgets = tuple(sorted(data["budgets"]))
+        for i, budget in enumerate(data["budgets"]):
+            if data["budgets"].index(budget) != i:
+                raise ValueError(f"budgets[{i}] repeats {budget}: give each budget once")
+        tasks = tuple(_task_in(t, path, f"tasks[{i}]") for i, t in enumerate(data["tasks"]))
+        for i, task in enumerate(tasks):
+            if [t.name for t in tasks].index(task.name) != i:
+                raise ValueError(f"tasks[{i}] is named {task.name!r} like an earlier task: task names must be "
+                                 f"distinct (they name the output folders)")
+        methods = tuple(_method(n, m, budgets, f"methods.{n}") for n, m in data["methods"].items())
+        metrics = data.get("metrics") or {}
+        shape = data.get("image_shape")
+        return EvalConfig(model=data["model"], tasks=tasks, budgets=budgets, methods=methods,
+                          seed=data.get("seed", 0), batch_size=data.get("batch_size", 4),
+                          lpips=metrics.get("lpips", "alex"), fid_mode=metrics.get("fid", "clean"),
+                          image_shape=tuple(shape) if shape else None, source=source)
 
 
-def _task_in(reference, config_file: Path) -> TaskConfig:
-    """A task reference of the eval config `config_file`: a path relative to the file's folder; a bare
-    name in `../tasks/` beside that folder, else packaged."""
-    if isinstance(reference, dict) or Path(str(reference)).suffix in (".yml", ".yaml"):
-        return load_task(reference, config_file.parent)
-    return load_task(reference, config_file.parent.parent / "tasks")
+def _task_in(reference, config_file: Path, where: str) -> TaskConfig:
+    """A checked task reference of the eval config `config_file` (at key path `where`): a task already made
+    from its mapping; a path relative to the file's folder; a bare name in `../tasks/` beside that folder,
+    else packaged."""
+    if isinstance(reference, TaskConfig):
+        return reference
+    folder = config_file.parent if Path(reference).suffix in (".yml", ".yaml") else config_file.parent.parent / "tasks"
+    try:
+        return load_task(reference, folder)
+    except ConfigError:  # a task file's own key, named with its file
+        raise
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None

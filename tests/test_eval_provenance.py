@@ -51,7 +51,7 @@ def test_a_changed_config_is_refused_and_overwrite_recomputes_everything(tmp_pat
     first, second = load_eval_config(config_file(tmp_path, 0.85)), load_eval_config(config_file(tmp_path, 0.2))
     out = tmp_path / "out"
     evaluate(first, data, out)
-    with pytest.raises(ValueError, match="another config .*--overwrite"):
+    with pytest.raises(ValueError, match=r"other settings \(methods.ddrm.options.eta is 0.85 there, 0.2 here\): pass --overwrite"):
         evaluate(second, data, out)
     report = evaluate(second, data, out, overwrite=True)
     assert report["reused"] == 0 and report["computed"] == 3 * 4

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import yaml
 
+from ipsolve.config import read_yaml
 from ipsolve.models.diffusion import DiffusionModel
 from ipsolve.models.schedules import alphas_cumprod_from_betas, betas_from_config
 from ipsolve.models.unet import DDPMUNet
@@ -135,7 +135,7 @@ def _read_config(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config {path} not found")
-    return yaml.safe_load(path.read_text())
+    return read_yaml(path)
 
 
 def _config_for(checkpoint: Path) -> Path:

@@ -9,6 +9,8 @@
     table.md        Table-2-style markdown (PSNR, LPIPS, FID, KID against NFE) and the log-FID AUC
     curves.png      PSNR and FID against NFE, one column per task
     results.json    everything above plus versions, seeds, noise units and metric backends
+    failed.csv      the images that could not be read, and why (only when some could not; the tables
+                    leave them out)
 
 log-FID AUC (the paper's Table 1 measure of anytime quality, lower is better): the area under the curve of
 ln(FID) against the number of network evaluations, by the trapezoid rule over the evaluated budgets
@@ -32,19 +34,20 @@ from ipsolve import metrics
 from ipsolve.imageio import atomic_path
 from ipsolve.services.progress import CountProgress
 
-REPORT_FILES = ("per_image.csv", "results.csv", "table.md", "curves.png", "results.json")
+REPORT_FILES = ("per_image.csv", "results.csv", "table.md", "curves.png", "results.json", "failed.csv")
 PER_IMAGE_COLUMNS = ("task", "method", "budget", "nfe", "index", "source", "psnr", "lpips")
 RESULT_COLUMNS = ("task", "method", "budget", "nfe", "images", "psnr", "lpips", "fid", "kid", "to_final_mse",
                   "to_final_lpips")
 
 
-def read_records(config, layout, count: int) -> list[dict]:
-    """Every per-image record, in (task, method, budget, index) order; ValueError if one is missing."""
+def read_records(config, layout, count: int, failed=()) -> list[dict]:
+    """Every per-image record of the `count` images but the `failed` indices, in (task, method, budget,
+    index) order; ValueError if one is missing."""
     records = []
     for task in config.tasks:
         for method in config.methods:
             for budget in config.budgets:
-                for index in range(count):
+                for index in (i for i in range(count) if i not in failed):
                     path = layout.record(task.name, method.name, budget, index)
                     if not path.is_file():
                         raise ValueError(f"{path} is missing: rerun the evaluation to compute it")
@@ -54,11 +57,11 @@ def read_records(config, layout, count: int) -> list[dict]:
 
 def summarise(config, layout, records: list[dict], device) -> list[dict]:
     """One row per (task, method, budget): mean PSNR / LPIPS, and FID / KID against the clean images."""
-    count = len({r["index"] for r in records})
-    fid_enabled = config.fid_mode is not None and count >= 2
+    indices = sorted({r["index"] for r in records})
+    fid_enabled = config.fid_mode is not None and len(indices) >= 2
     if fid_enabled:
         extractor = metrics.InceptionFeatures(device=device)
-        reference = metrics.image_features([layout.clean(i) for i in range(count)], extractor,
+        reference = metrics.image_features([layout.clean(i) for i in indices], extractor,
                                            mode=config.fid_mode, device=device)
     rows = []
     groups = list(itertools.product(config.tasks, config.methods, config.budgets))
@@ -67,7 +70,7 @@ def summarise(config, layout, records: list[dict], device) -> list[dict]:
             group = [r for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
             fid = kid = math.nan
             if fid_enabled:
-                files = [layout.output(task.name, method.name, budget, i) for i in range(count)]
+                files = [layout.output(task.name, method.name, budget, i) for i in indices]
                 features = metrics.image_features(files, extractor, mode=config.fid_mode, device=device)
                 fid = metrics.fid_from_features(features, reference)
                 kid = metrics.kid_from_features(features, reference)
@@ -232,11 +235,25 @@ def metadata(config, images: list[Path], model_name: str, shape: tuple, workers,
     }
 
 
+def write_failed(path: Path, images: list[Path], failed: dict) -> None:
+    """failed.csv: each image that could not be read, and why; no file when none failed."""
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    write_csv(path, [{"index": i, "source": images[i].name, "reason": why} for i, why in sorted(failed.items())],
+              ("index", "source", "reason"))
+
+
 def write_report(config, layout, images: list[Path], model_name: str, shape: tuple, workers, counts: dict,
-                 lpips_net: str | None) -> dict:
-    """Aggregate the per-image records of all ranks into the files listed in the module docstring;
-    `counts` (computed, reused, replaced) says how much of this run was new."""
-    records = read_records(config, layout, len(images))
+                 lpips_net: str | None, failed: dict) -> dict:
+    """Aggregate the per-image records of all ranks into the files listed in the module docstring, leaving
+    out the `failed` images (index → why: failed.csv); `counts` (computed, reused, replaced) says how
+    much of this run was new. With no image left, only failed.csv is written."""
+    write_failed(layout.root / "failed.csv", images, failed)
+    failures = {"failed": [{"index": i, "source": images[i].name, "reason": why} for i, why in sorted(failed.items())]}
+    if len(failed) == len(images):
+        return dict(images=0, **counts, **failures)
+    records = read_records(config, layout, len(images), failed)
     for record in records:
         record["source"] = images[record["index"]].name
     rows = summarise(config, layout, records, workers.device)
@@ -248,7 +265,7 @@ def write_report(config, layout, images: list[Path], model_name: str, shape: tup
                                             lpips_skipped_note(config, lpips_net, shape)))
     plot_curves(layout.root / "curves.png", rows, config)
     report = dict(metadata(config, images, model_name, shape, workers, lpips_net), results=rows,
-                  log_fid_auc=aucs, images=len(images), **counts)
+                  log_fid_auc=aucs, images=len(images) - len(failed), **counts, **failures)
     with atomic_path(layout.root / "results.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1, default=str, allow_nan=True))
     return report

@@ -12,12 +12,16 @@ Batches: the indices of a process are cut into fixed batches of `batch_size` per
 evaluation computes every image in the same batch as an uninterrupted one and gets the same numbers.
 
 Outputs in OUT (each file written atomically):
-    evaluation.json                         the config that made the folder (a different one is refused
-                                            unless `overwrite`, which first removes the old results)
+    evaluation.json                         the settings that made the folder and the names of its task
+                                            and method folders (other settings are refused unless
+                                            `overwrite`, which first removes the files the earlier
+                                            evaluation recorded, and nothing else: see eval_plan)
     clean/00000.png                         the dataset image as evaluated (the FID reference set)
     TASK/METHOD/nfe010/00000.png, .json     the output after 10 NFEs and its record (PSNR, LPIPS, NFE and
                                             `key`, the fingerprint of what produced it)
     per_image.csv, results.csv, table.md, curves.png, results.json   (written by rank 0, see eval_report)
+    failed.csv                              the images that could not be read, and why (only when some
+                                            could not: they are left out of every table)
 
 Resuming: a stored output is reused only when its record's key equals the key of the work asked for now:
 the task and method parameters, the budget, the model's weights, the bytes of the source image, the
@@ -27,20 +31,18 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import degradations
 import solvers
 import ipsolve
 from ipsolve import distributed, metrics, provenance
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_config
 from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
-from ipsolve.services.checks import check_writable_folder
+from ipsolve.services.checks import one_line
 from ipsolve.services.folder_lock import folder_lock
 from ipsolve.services.progress import CountProgress
 
@@ -207,12 +209,12 @@ class Evaluator:
     """Computes and stores every (run, image) pair of this process's shard whose stored result is
     missing or was produced by something else (see the module doc)."""
 
-    def __init__(self, config: EvalConfig, model, images: list[Path], layout: OutputLayout,
-                 workers: distributed.Workers, shape: tuple, lpips_net: str | None):
-        self.config, self.model, self.images, self.layout = config, model, images, layout
-        self.workers, self.shape, self.lpips_net = workers, shape, lpips_net
-        self.model_key = provenance.model_fingerprint(model)
+    def __init__(self, plan):
+        self.config, self.model, self.images, self.layout = plan.config, plan.model, plan.images, plan.layout
+        self.workers, self.shape, self.lpips_net, self.plan = plan.workers, plan.shape, plan.lpips_net, plan
+        self.model_key = provenance.model_fingerprint(plan.model)
         self.computed = self.reused = self.replaced = 0
+        self.failed = {}  # index → why its image could not be read (this process's shard)
         self._data_keys = {}
 
     def key(self, run: Run, budget: int, index: int) -> str:
@@ -227,9 +229,7 @@ class Evaluator:
             "lpips": self.lpips_net})
 
     def run_all(self) -> None:
-        indices = list(self.workers.shard(len(self.images)))
-        for index in indices:
-            self._save_clean(index)
+        indices = [i for i in self.workers.shard(len(self.images)) if self._save_clean(i)]
         size = self.config.batch_size
         todo = []  # (run, batch, the indices of the batch to store)
         for run in plan_runs(self.config):
@@ -241,7 +241,7 @@ class Evaluator:
                     todo.append((run, batch, pending))
         with CountProgress(sum(len(p) for _, _, p in todo), "eval", enabled=self.workers.is_main) as bar:
             for run, batch, pending in todo:
-                self._run_batch(run, self._operator(run.task), batch, pending)
+                self._run_batch(run, self.plan.operator(run.task.name), batch, pending)
                 bar.update(len(pending))
 
     def _is_current(self, run: Run, index: int) -> bool:
@@ -251,18 +251,17 @@ class Evaluator:
         self.replaced += any(key is not None for key in stored)
         return False
 
-    def _operator(self, task: TaskConfig):
-        channels, height, width = self.shape
-        op = degradations.make(task.operator, channels=channels, image_size=(height, width), seed=task.seed,
-                               **task.params)
-        if tuple(op.input_shape) != tuple(self.shape):
-            raise ValueError(f"task {task.name!r} takes {tuple(op.input_shape)} images, the model "
-                             f"{tuple(self.shape)}")
-        return op
-
-    def _save_clean(self, index: int) -> None:
-        """The FID reference image, always from the current data (a cheap, atomic rewrite)."""
-        save_image(load_clean(self.images[index], self.shape), self.layout.clean(index))
+    def _save_clean(self, index: int) -> bool:
+        """Store the FID reference image, always from the current data (a cheap, atomic rewrite); False
+        (and no clean image) when the image cannot be read: it is left out and counted as failed."""
+        try:
+            image = load_clean(self.images[index], self.shape)
+        except (OSError, ValueError) as error:
+            self.failed[index] = one_line(error)
+            self.layout.clean(index).unlink(missing_ok=True)
+            return False
+        save_image(image, self.layout.clean(index))
+        return True
 
     def _run_batch(self, run: Run, op, batch: list[int], pending: list[int]) -> None:
         """Solve the whole fixed `batch` (so its numbers never depend on what was resumed); store `pending`."""
@@ -305,44 +304,14 @@ def lpips_network(config: EvalConfig, shape: tuple, device) -> str | None:
     return config.lpips
 
 
-def config_fingerprint(config: EvalConfig) -> str:
-    """The folder-level identity of an evaluation: everything in the config that changes a stored
-    result (the batch size and FID settings do not: FID is recomputed by every report)."""
-    return provenance.fingerprint({
-        "model": config.model, "tasks": [t.as_dict() for t in config.tasks], "budgets": list(config.budgets),
-        "methods": [m.as_dict() for m in config.methods],
-        "seed": config.seed, "image_shape": config.image_shape, "lpips": config.lpips})
-
-
-def check_folder(layout: OutputLayout, config: EvalConfig, overwrite: bool) -> dict | None:
-    """The manifest of the earlier evaluation in the folder when it was made by another config, or None.
-
-    A folder made by another config is refused (ValueError) unless `overwrite`."""
-    if not layout.manifest.is_file():
-        return None
-    try:
-        earlier = json.loads(layout.manifest.read_text())
-        same = earlier["config"] == config_fingerprint(config)
-    except (ValueError, KeyError, TypeError):
-        earlier, same = {}, False
-    if same:
-        return None
-    if not overwrite:
-        made_by = earlier.get("config_file") or "an unreadable manifest"
-        raise ValueError(f"{layout.root} holds an evaluation made with another config ({made_by}): "
-                         f"pass --overwrite to replace its results, or choose another --out")
-    return earlier
-
-
-def clear_folder(layout: OutputLayout, earlier: dict) -> None:
-    """Remove what an earlier evaluation wrote (its task folders, clean/, reports, manifest), nothing else."""
-    from ipsolve.services.eval_report import REPORT_FILES
-
-    for name in ["clean", *earlier.get("tasks", [])]:
-        if name and "/" not in name and (layout.root / name).is_dir():
-            shutil.rmtree(layout.root / name)
-    for name in (*REPORT_FILES, layout.manifest.name):
-        (layout.root / name).unlink(missing_ok=True)
+def remove_files(root: Path, files) -> None:
+    """Remove `files` (inside `root`), then each of their folders left empty, up to `root` (exclusive)."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
 
 def model_image_shape(config: EvalConfig, model) -> tuple:
@@ -353,48 +322,64 @@ def model_image_shape(config: EvalConfig, model) -> tuple:
     return tuple(shape)
 
 
+def run_plan(plan) -> dict:
+    """Run a checked `eval_plan.EvalPlan`: remove what --overwrite replaces, write the manifest, compute
+    what is missing and report (rank 0's report; {} on the other ranks)."""
+    from ipsolve.services import eval_report
+
+    layout, workers = plan.layout, plan.workers
+    with folder_lock(layout.root, enabled=workers.is_main):
+        if workers.is_main:
+            remove_files(layout.root, plan.removals)
+            write_json(layout.manifest, plan.manifest)
+        workers.barrier()
+        evaluator = Evaluator(plan)
+        evaluator.run_all()
+        workers.barrier()
+        if not workers.is_main:
+            return {}
+        counts = {"computed": evaluator.computed, "reused": evaluator.reused, "replaced": evaluator.replaced}
+        return eval_report.write_report(plan.config, layout, list(plan.images), plan.config.model, plan.shape,
+                                        workers, counts, plan.lpips_net, failed_images(plan, evaluator.failed))
+
+
+def failed_images(plan, own: dict) -> dict:
+    """index → why, for every image of every process that could not be read: those left without a clean
+    image after the barrier; `own` holds this process's reasons, the others' images are read again."""
+    return {index: own.get(index) or unreadable(path, plan.shape) for index, path in enumerate(plan.images)
+            if not plan.layout.clean(index).is_file()}
+
+
+def unreadable(path: Path, shape: tuple) -> str:
+    """Why the image at `path` cannot be read ("" when it can)."""
+    try:
+        load_clean(path, shape)
+    except (OSError, ValueError) as error:
+        return one_line(error)
+    return ""
+
+
 def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str | None = None,
              limit: int | None = None, device: str | None = None, batch_size: int | None = None,
              overwrite: bool = False, config_file: str | None = None) -> dict:
     """Evaluate `config` on the images of `data_dir`, writing into `out_dir`; return what rank 0 reported.
 
     `model` (an ε-model) or `model_name` (for `load_model`, default the config's) picks the model.
-    Every input is checked before the folder is touched; a folder made by another config is refused
-    unless `overwrite`. In a torchrun job every rank calls this; rank 0 aggregates after a barrier, the
-    others return {}.
+    Every input is checked (`eval_plan.plan_evaluation`) before the folder is touched; a folder made
+    with other settings is refused unless `overwrite`. In a torchrun job every rank calls this; rank 0
+    aggregates after a barrier, the others return {}.
     """
-    from ipsolve.services import eval_report
-    from ipsolve.models import load_model
+    from ipsolve.services.eval_plan import plan_evaluation
 
     if batch_size is not None:
         config = replace(config, batch_size=batch_size)
     if model_name is not None:
         config = replace(config, model=model_name)
-    images = list_images(data_dir, limit)
-    layout = OutputLayout(out_dir)
     workers = distributed.start(device)
     try:
-        model = model if model is not None else load_model(config.model, device=workers.device)
-        shape = model_image_shape(config, model)
-        earlier = check_folder(layout, config, overwrite)
-        lpips_net = lpips_network(config, shape, workers.device)
-        evaluator = Evaluator(config, model, images, layout, workers, shape, lpips_net)
-        for task in config.tasks:
-            evaluator._operator(task)  # a task that cannot take the model's images fails before any writing
-        with folder_lock(layout.root, enabled=workers.is_main):
-            if workers.is_main:
-                if earlier is not None:
-                    clear_folder(layout, earlier)
-                write_json(layout.manifest, {"config": config_fingerprint(config), "config_file": config_file,
-                                             "tasks": [t.name for t in config.tasks]})
-            workers.barrier()
-            evaluator.run_all()
-            workers.barrier()
-            if not workers.is_main:
-                return {}
-            counts = {"computed": evaluator.computed, "reused": evaluator.reused, "replaced": evaluator.replaced}
-            return eval_report.write_report(config, layout, images, config.model, shape, workers, counts,
-                                            lpips_net)
+        plan = plan_evaluation(config, data_dir, out_dir, workers, model=model, limit=limit, overwrite=overwrite,
+                               config_file=config_file)
+        return run_plan(plan)
     finally:
         distributed.stop(workers)
 
@@ -407,7 +392,6 @@ def run_evaluation(config_name, data_dir, out_dir=None, *, model_name=None, limi
     if not fid:
         config = replace(config, fid_mode=None)
     out = Path(out_dir or f"runs/eval-{Path(config_name).stem}")
-    check_writable_folder(out)
     report = evaluate(config, data_dir, out, model_name=model_name, limit=limit, device=device,
                       batch_size=batch_size, overwrite=overwrite, config_file=str(config_name))
     return out, report
