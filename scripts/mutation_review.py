@@ -76,7 +76,8 @@ PHASES = {
                "degradations.registry.x__saturation__mutmut_*"]),
     "pigdm": dict(
         mutate=["solvers/pigdm.py"],
-        tests=["test_solvers_guided.py", "test_solvers_guided_exactness.py", "test_nested_restorers.py"],
+        tests=["test_solvers_guided.py", "test_solvers_guided_exactness.py", "test_nested_restorers.py",
+               "test_pigdm_reference.py", "test_divergence.py"],
         names=None),
 }
 
