@@ -79,6 +79,13 @@ PHASES = {
         tests=["test_solvers_guided.py", "test_solvers_guided_exactness.py", "test_nested_restorers.py",
                "test_pigdm_reference.py", "test_divergence.py"],
         names=None),
+    # ΠGDM's weights, start and remedy (the functions added with them)
+    "pigdm_weights": dict(
+        mutate=["solvers/pigdm.py"],
+        tests=["test_pigdm_reference.py", "test_solvers_guided.py", "test_divergence.py"],
+        names=[f"solvers.pigdm.x_{f}__mutmut_*" for f in (
+            "remedy", "guidance_weight", "x0_weight", "ddim_c2", "pigdm_init", "pigdm_start", "back_projection",
+            "_svd_back_projection", "check_choice")]),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",

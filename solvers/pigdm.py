@@ -52,7 +52,8 @@ def remedy(options) -> str | None:
 
 @divergence_checked(remedy)
 def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
-          cond=None, cg_iterations: int = 100, weight: str = "code", safeguard: bool | None = None, start: str = DEFAULT_START):
+          cond=None, cg_iterations: int = 100, weight: str = "code", safeguard: bool | None = None,
+          start: str = DEFAULT_START):
     """Restore x₀ from y = H x₀ + σ_y n with ΠGDM on DDIM(η); return the guided x̂₀ at t = 0.
 
     `op` needs H and Ht (and input_shape when x_T is None); with the SVD protocol the inverse is in closed

@@ -131,8 +131,8 @@ def test_each_weight_by_hand(weight, eta):
     w = {"code": a_s.sqrt() * a.sqrt(), "paper": a.sqrt(), "score": a_s.sqrt() / a.sqrt() - c2 / (1 - a).sqrt()}[weight]
     expected = a_s.sqrt() * x0 + c1 * z + c2 * eps + w * g * m
     seen = []
-    solvers.pigdm(model, y.reshape(2, *op.measurement_shape), op, sigma_y, [t, s], eta=eta, x_T=x_t, noise=recorded([z]),
-                  weight=weight, safeguard=False, callback=lambda info: seen.append(info["x"]))
+    solvers.pigdm(model, y.reshape(2, *op.measurement_shape), op, sigma_y, [t, s], eta=eta, x_T=x_t,
+                  noise=recorded([z]), weight=weight, safeguard=False, callback=lambda info: seen.append(info["x"]))
     torch.testing.assert_close(seen[1], expected, rtol=1e-12, atol=1e-12)
 
 
