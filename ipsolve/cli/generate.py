@@ -43,7 +43,9 @@ def add_generate_arguments(parser):
                         help="classifier-free guidance scale (default: 7.5 for Stable Diffusion, 1.5 for DiT)")
     parser.add_argument("--inner-sampler", choices=INNER_SAMPLERS,
                         help="inner sampler (default: ddim for Stable Diffusion and pixel models, ddpm for DiT)")
-    parser.add_argument("--budget", type=positive_int, metavar="NFE", help="stop after this many network calls")
+    parser.add_argument("--budget", type=positive_int, metavar="NFE",
+                        help="stop after this many network calls, shared over the inner runs that fit "
+                        "(none is cut short; from one inner run up to outer x inner; default outer x inner)")
     parser.add_argument("--pick", action="append", default=[], metavar="K:I,J",
                         help="after outer step K keep candidates I, J, … (repeatable)")
     parser.add_argument("--picks", metavar="FILE", help='JSON file of picks, like {"2": [0, 3]}')

@@ -72,11 +72,13 @@ def run_generation(request: GenerateRequest) -> GenerateResult:
     """Validate everything, then sample, writing every preview as it comes (a progress bar unless quiet)."""
     from ipsolve.models import load_model
     from ipsolve.resources import check_fits, check_steps
+    from ipsolve.restore import check_schedule
     from ipsolve.services.checks import check_writable_folder, resolve_device
     from ipsolve.services.interrupts import deferred_interrupt
     from ipsolve.services.progress import RunProgress
     from ipsolve.services.run_folder import RunFolder, record_failure
 
+    check_schedule(request.outer, request.inner, request.budget)  # restore's budget rule
     if request.interactive and not sys.stdin.isatty():
         raise ValueError("--interactive needs a terminal on stdin; in scripts use --pick or --picks")
     picks = merge_picks(parse_pick_rules(request.pick), load_picks(request.picks) if request.picks else {})
