@@ -9,6 +9,8 @@ from pathlib import Path
 from ipsolve.config import SOLVERS
 from ipsolve.services.values import device_name, folder_name, positive_float, positive_int, seed_int, unit_float
 
+EXIT_SOME_FAILED = 1  # a folder restore in which some measurements failed
+
 RESTORE_EPILOG = """\
 the measurement's sidecar (MEASUREMENT.json, written by `ipsolve degrade`) says how it was made:
   task, noise level and mask come from it, and --task / --sigma-y / --mask may only repeat what it
@@ -74,6 +76,8 @@ def add_restore_command(commands):
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--vanilla", action="store_true",
                         help="the plain solver with the same budget; its x0 predictions at the same NFE as previews")
+    parser.add_argument("--overwrite", action="store_true", help="with a folder: when --out holds a folder restore "
+                        "with other settings, remove what that run recorded it wrote, then restore")
     parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_restore)
@@ -117,6 +121,10 @@ def run_restore_folder(request) -> int:
     if jobs is None:  # a worker process other than the main one
         return 0
     counts = {status: sum(job.status.startswith(status) for job in jobs) for status in ("done", "reused", "failed")}
-    print(f"{Path(request.out) / 'index.csv'}: {len(jobs)} measurements, {counts['done']} restored, "
+    index = Path(request.out) / "index.csv"
+    print(f"{index}: {len(jobs)} measurements, {counts['done']} restored, "
           f"{counts['reused']} reused, {counts['failed']} failed")
+    if counts["failed"]:
+        print(f"ipsolve: {counts['failed']} of {len(jobs)} measurements failed: {index} says why", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return 0

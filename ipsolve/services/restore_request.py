@@ -50,6 +50,7 @@ class RestoreRequest:
     out: str
     device: str | None = None
     vanilla: bool = False
+    overwrite: bool = False
     force: bool = False
     quiet: bool = False
 
@@ -84,14 +85,18 @@ def restore_inputs(request: RestoreRequest, load_model=None) -> RestoreInputs:
     check_writable_folder(request.out)
 
     from ipsolve.resources import check_fits  # after the quick checks above: slow imports
+    from ipsolve.measurement import sidecar_path
     from ipsolve.restore import check_model_fits, preview_marks
+    from ipsolve.services.out_folder import check_run_folder, check_spares_inputs
 
     if load_model is None:
         from ipsolve.models import load_model
     measurement, mask = read_checked(request, source, mask)
+    check_spares_inputs(request.out, [source, sidecar_path(source), mask])
+    check_run_folder(request.out)
     device = resolve_device(request.device)
     model = load_model(request.model, device)
-    _check_runs_on(model, request)
+    check_runs_on(model, request)
     check_model_fits(model, tuple(measurement.op.input_shape), device)
     check_fits(model, tuple(measurement.op.input_shape), request.batch, device, force=request.force)
     measurement = measurement._replace(y=measurement.y.to(device))
@@ -117,38 +122,23 @@ def example_clean(source):
 
 
 def restore_measurement_folder(request: RestoreRequest):
-    """Every measurement of the folder `request.measurement`, one run folder each plus OUT/index.csv;
-    the jobs (`batch_restore.Job`), or None on a worker process that is not the main one."""
-    from ipsolve import distributed
-    from ipsolve.models import load_model
-    from ipsolve.resources import check_fits
+    """Every measurement of the folder `request.measurement`, one run folder each plus OUT/index.csv
+    (`folder_restore`: planned, then run); the jobs (`batch_restore.Job`), or None on a worker process
+    that is not the main one."""
     from ipsolve.restore import check_schedule
-    from ipsolve.services.batch_restore import BatchSettings, list_measurements, restore_folder
+    from ipsolve.services.folder_restore import plan_folder_restore, run_folder_restore
 
     check_schedule(request.outer, request.inner, request.budget)
     if request.batch != 1:
         raise ValueError("--batch (samples per input) is for one measurement; with a folder use --batch-size")
     options = checked_solver_options(request)
-    mask = None if request.mask is None else str(existing_file(request.mask, "mask"))
-    list_measurements(request.measurement)
+    if request.mask is not None:
+        existing_file(request.mask, "mask")
     check_writable_folder(request.out)
-    workers = distributed.start(request.device)
-    try:
-        model = load_model(request.model, device=workers.device)
-        _check_runs_on(model, request)
-        if getattr(model, "image_shape", None):
-            check_fits(model, tuple(model.image_shape), request.batch_size, workers.device, force=request.force)
-        settings = BatchSettings(request.outer, request.inner, request.budget, request.solver, options,
-                                 request.vanilla, request.seed, request.model, request.schedule)
-        jobs = restore_folder(request.measurement, request.out, model,
-                              lambda path: read_for(request, path, mask, model, workers.device), settings,
-                              batch_size=request.batch_size, workers=workers, progress=not request.quiet)
-    finally:
-        distributed.stop(workers)
-    return jobs if workers.is_main else None
+    return run_folder_restore(plan_folder_restore(request, options))
 
 
-def _check_runs_on(model, request: RestoreRequest) -> None:
+def check_runs_on(model, request: RestoreRequest) -> None:
     """ValueError unless `model` can take the request's steps (its timesteps) and, for a nested run, its plan."""
     from ipsolve.resources import check_steps
     from ipsolve.restore import check_plan
