@@ -61,7 +61,7 @@ def plan_folder_restore(request, options: dict) -> FolderRestorePlan:
             first = readings[0]
             raise ValueError(f"none of the {len(readings)} measurements of {request.measurement} can be restored "
                              f"({first.source.name}: {one_line(first.error)})")
-        inputs = [request.mask, *files, *(sidecar_path(path) for path in files),
+        inputs = [request.measurement, request.mask, *files, *(sidecar_path(path) for path in files),
                   *(reading.measurement.op.spec().get("mask_path") for reading in readings if reading.measurement)]
         for path in files:
             check_spares_inputs(out / path.stem, inputs)

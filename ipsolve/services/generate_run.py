@@ -75,6 +75,7 @@ def run_generation(request: GenerateRequest) -> GenerateResult:
     from ipsolve.restore import check_schedule
     from ipsolve.services.checks import check_writable_folder, resolve_device
     from ipsolve.services.interrupts import deferred_interrupt
+    from ipsolve.services.out_folder import check_run_folder, check_spares_inputs
     from ipsolve.services.progress import RunProgress
     from ipsolve.services.run_folder import RunFolder, record_failure
 
@@ -83,6 +84,8 @@ def run_generation(request: GenerateRequest) -> GenerateResult:
         raise ValueError("--interactive needs a terminal on stdin; in scripts use --pick or --picks")
     picks = merge_picks(parse_pick_rules(request.pick), load_picks(request.picks) if request.picks else {})
     check_writable_folder(request.out)
+    check_spares_inputs(request.out, [request.picks])
+    check_run_folder(request.out)
 
     device = resolve_device(request.device)
     model = load_model(request.model, device=device)
