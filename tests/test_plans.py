@@ -142,6 +142,29 @@ def test_overwrite_removes_only_what_the_earlier_run_recorded(work, capsys):
     assert [row["source"] for row in index(work / "out")] == ["a.png", "b.png"]
 
 
+def test_a_file_restore_with_other_settings_is_refused_unless_overwrite(work, capsys):
+    assert run(capsys, "restore", "digit_sr4.png", *FAST, "--out", "out")[0] == 0
+    line = refused(capsys, work, "restore", "digit_sr4.png", *FAST, "--seed", "3", "--out", "out")
+    assert line.endswith("out holds a restore with --seed 0; this one is --seed 3: use another --out or --overwrite")
+    shutil.copy(EXAMPLES / "digit_sr4.png", work / "other.png")
+    shutil.copy(EXAMPLES / "digit_sr4.png.json", work / "other.png.json")
+    assert f"this one is MEASUREMENT {work / 'other.png'}" in refused(capsys, work, "restore", "other.png", *FAST,
+                                                                      "--out", "out")
+    assert run(capsys, "restore", "digit_sr4.png", *FAST, "--budget", "2", "--out", "out")[0] == 0  # the same
+    assert run(capsys, "restore", "digit_sr4.png", *FAST, "--seed", "3", "--overwrite", "--out", "out")[0] == 0
+    assert json.loads((work / "out" / "run.json").read_text())["seed"] == 3
+    line = refused(capsys, work, "generate", "--outer", "1", "--inner", "2", "--n", "1", "--quiet", "--out", "out")
+    assert "out holds a restore; this one is a generation: use another --out or --overwrite" in line
+
+
+def test_a_generation_with_other_settings_is_refused_unless_overwrite(work, capsys):
+    flags = ["--outer", "1", "--inner", "2", "--n", "1", "--quiet", "--out", "out"]
+    assert run(capsys, "generate", *flags)[0] == 0
+    assert "holds a generation with --n 1; this one is --n 2" in refused(capsys, work, "generate", *flags, "--n", "2")
+    assert run(capsys, "generate", *flags, "--n", "2", "--overwrite")[0] == 0
+    assert json.loads((work / "out" / "run.json").read_text())["arguments"]["n"] == 2
+
+
 # ---------------------------------------------------------------- exit status of a folder restore
 
 def break_every_file(folder: Path):

@@ -10,7 +10,8 @@ from ipsolve.generation import INNER_SAMPLERS
 from ipsolve.services.values import device_name, folder_name, guidance_scale, natural_int, positive_int, seed_int
 
 GENERATE_EPILOG = """\
-outputs in DIR (earlier ipsolve outputs there are replaced):
+outputs in DIR (a generation with the same settings replaces what an earlier one there recorded it
+wrote; a run with other settings is refused unless --overwrite; files no ipsolve run wrote are never replaced):
   preview_{step:02d}_nfe{nfe:03d}.png  the n candidates after each outer step, written the moment they exist
   final.png     the last preview;  strip.png  the previews side by side (one row per candidate)
   anytime.gif   the previews as an animation;  run.json  arguments, model, grids, feedback, NFE, seed
@@ -56,6 +57,8 @@ def add_generate_arguments(parser):
     parser.add_argument("--interactive", action="store_true",
                         help="after each outer step, ask at the terminal which candidates to keep")
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="when DIR holds a run with other settings, replace what that run recorded it wrote")
     parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -16,7 +16,9 @@ the measurement's sidecar (MEASUREMENT.json, written by `ipsolve degrade`) says 
   task, noise level and mask come from it, and --task / --sigma-y / --mask may only repeat what it
   says (a disagreement is an error: to restore under other assumptions, copy the image without its
   sidecar and give them). Without a sidecar, --task is needed (and --mask for inpainting).
-outputs in DIR (one run at a time; earlier ipsolve outputs there are replaced):
+outputs in DIR (one run at a time; a restore with the same settings replaces what an earlier one there
+recorded it wrote; a run with other settings is refused unless --overwrite; files no ipsolve run wrote
+are never replaced, nor any input):
   preview_{step:02d}_nfe{nfe:03d}.png  every anytime image, written the moment it exists
   final.png     the last preview (a grid of samples with --batch)
   strip.png     the measurement, then the previews labelled with their NFE (and PSNR for the shipped
@@ -25,6 +27,8 @@ outputs in DIR (one run at a time; earlier ipsolve outputs there are replaced):
   run.json      arguments, model, task, sigma_y in both units, seed, NFE per preview, time, version,
                 status (running / done / interrupted / failed): it always says how far the run got
 Ctrl-C or SIGTERM stops the run and keeps the latest preview as final.png (exit code 130 / 143).
+exit codes: 0 all done; 1 a folder in which some measurements failed (index.csv says why); 2 refused
+before anything is written (bad input, or a folder in which none can be restored).
 Work that cannot fit (memory, more steps than the model's timesteps) is refused up front; --force runs it.
 MEASUREMENT `example` (or `example:inp`) is a digit shipped with ipsolve; try
   ipsolve restore example --model embedded --outer 4 --inner 5 --out out/
@@ -76,8 +80,8 @@ def add_restore_command(commands):
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--vanilla", action="store_true",
                         help="the plain solver with the same budget; its x0 predictions at the same NFE as previews")
-    parser.add_argument("--overwrite", action="store_true", help="with a folder: when --out holds a folder restore "
-                        "with other settings, remove what that run recorded it wrote, then restore")
+    parser.add_argument("--overwrite", action="store_true", help="when --out holds a run with other settings, "
+                        "remove what that run recorded it wrote, then restore")
     parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_restore)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ipsolve.services.batch_restore import BatchSettings, Reading
 from ipsolve.services.checks import one_line
 from ipsolve.services.folder_lock import LOCK_NAME
-from ipsolve.services.out_folder import check_run_folder, check_spares_inputs
+from ipsolve.services.out_folder import check_run_folder, check_same_settings, check_spares_inputs
 from ipsolve.services.run_folder import remove_written, stored_record
 
 INDEX_NAME = "index.csv"
@@ -70,7 +70,7 @@ def plan_folder_restore(request, options: dict) -> FolderRestorePlan:
             raise ValueError(f"writing {out / INDEX_NAME} would replace an input: choose another --out")
         earlier = earlier_run_folders(out)
         if not request.overwrite:
-            check_same_settings(out, earlier, settings)
+            check_earlier_settings(out, earlier, settings)
         return FolderRestorePlan(out, readings, model, settings, workers, request.batch_size, not request.quiet,
                                  earlier if request.overwrite else ())
     except BaseException:
@@ -102,36 +102,29 @@ def earlier_run_folders(out: Path) -> tuple[Path, ...]:
                  if path.is_dir() and not path.name.startswith(".") and "index" in stored_record(path))
 
 
-def check_same_settings(out: Path, earlier, settings: BatchSettings) -> None:
+def check_earlier_settings(out: Path, earlier, settings: BatchSettings) -> None:
     """ValueError naming the first setting in which a run folder of `earlier` differs from `settings`."""
     wanted = flags_of(settings.as_dict(), settings.model_name)
     for folder in earlier:
         record = stored_record(folder)
-        if "settings" not in record:  # a file that could not be read: nothing to compare
-            continue
-        held = flags_of(record["settings"], (record.get("model") or {}).get("name"))
-        for flag, value in wanted.items():
-            if held.get(flag) != value:
-                raise ValueError(f"{out} holds a restore with {_flag(flag, held.get(flag))}; this one is "
-                                 f"{_flag(flag, value)}: use another --out or --overwrite")
+        if isinstance(record.get("settings"), dict):  # else a file that could not be read: nothing to compare
+            held = flags_of(record["settings"], (record.get("model") or {}).get("name"))
+            check_same_settings(out, "a restore", held, wanted)
 
 
 def flags_of(settings: dict, model_name) -> dict:
     """A folder restore's settings (`BatchSettings.as_dict`) as the flags that give them; defaults spelled out."""
+    from ipsolve.config import SOLVER_OPTIONS
+
     options = settings.get("options") or {}
-    outer, inner = settings.get("outer"), settings.get("inner")
-    budget = settings.get("budget")
+    outer, inner, budget = settings.get("outer"), settings.get("inner"), settings.get("budget")
+    if budget is None and isinstance(outer, int) and isinstance(inner, int):
+        budget = outer * inner
+    every_option = sorted({name for names in SOLVER_OPTIONS.values() for name in names})
     return {"--model": model_name, "--solver": settings.get("solver"), "--vanilla": bool(settings.get("vanilla")),
-            "--outer": outer, "--inner": inner,
-            "--budget": budget if budget is not None or not isinstance(outer * inner, int) else outer * inner,
-            "--schedule": settings.get("schedule") or "matched", "--eta": options.get("eta"),
-            "--eta-b": options.get("eta_b"), "--step-size": options.get("step_size"), "--seed": settings.get("seed")}
-
-
-def _flag(flag: str, value) -> str:
-    if isinstance(value, bool):
-        return flag if value else f"no {flag}"
-    return f"{flag} {'(default)' if value is None else value}"
+            "--outer": outer, "--inner": inner, "--budget": budget, "--schedule": settings.get("schedule") or "matched",
+            **{f"--{name.replace('_', '-')}": options.get(name) for name in every_option},
+            "--seed": settings.get("seed")}
 
 
 def clear_earlier_run(out: Path, earlier) -> None:

@@ -43,6 +43,7 @@ class GenerateRequest:
     class_at: list = field(default_factory=list)
     interactive: bool = False
     device: str | None = None
+    overwrite: bool = False
     force: bool = False
     quiet: bool = False
 
@@ -75,7 +76,7 @@ def run_generation(request: GenerateRequest) -> GenerateResult:
     from ipsolve.restore import check_schedule
     from ipsolve.services.checks import check_writable_folder, resolve_device
     from ipsolve.services.interrupts import deferred_interrupt
-    from ipsolve.services.out_folder import check_run_folder, check_spares_inputs
+    from ipsolve.services.out_folder import check_earlier_run, check_run_folder, check_spares_inputs
     from ipsolve.services.progress import RunProgress
     from ipsolve.services.run_folder import RunFolder, record_failure
 
@@ -86,6 +87,8 @@ def run_generation(request: GenerateRequest) -> GenerateResult:
     check_writable_folder(request.out)
     check_spares_inputs(request.out, [request.picks])
     check_run_folder(request.out)
+    if not request.overwrite:
+        check_earlier_run(request.out, "a generation", dataclasses.asdict(request), ignored={"interactive"})
 
     device = resolve_device(request.device)
     model = load_model(request.model, device=device)

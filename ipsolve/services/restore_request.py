@@ -87,13 +87,16 @@ def restore_inputs(request: RestoreRequest, load_model=None) -> RestoreInputs:
     from ipsolve.resources import check_fits  # after the quick checks above: slow imports
     from ipsolve.measurement import sidecar_path
     from ipsolve.restore import check_model_fits, preview_marks
-    from ipsolve.services.out_folder import check_run_folder, check_spares_inputs
+    from ipsolve.services.out_folder import check_earlier_run, check_run_folder, check_spares_inputs
 
     if load_model is None:
         from ipsolve.models import load_model
     measurement, mask = read_checked(request, source, mask)
     check_spares_inputs(request.out, [source, sidecar_path(source), mask])
     check_run_folder(request.out)
+    if not request.overwrite:
+        check_earlier_run(request.out, "a restore", dataclasses.asdict(request), measurement=str(source.resolve()),
+                          ignored={"measurement", "batch_size"}, defaults={"schedule": "matched"})
     device = resolve_device(request.device)
     model = load_model(request.model, device)
     check_runs_on(model, request)
