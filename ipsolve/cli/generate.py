@@ -64,12 +64,14 @@ def add_generate_arguments(parser):
 
 
 def run_generate(args) -> int:
-    """Validate everything, then sample, writing every preview as it comes; return the exit code."""
-    from ipsolve.services.generate_run import GenerateRequest, run_generation
+    """Plan (everything checked, nothing written), then sample, writing every preview as it comes; return
+    the exit code."""
+    from ipsolve.services.generate_run import GenerateRequest, plan_generation, run_generation_plan
     from ipsolve.services.interrupts import exit_code_for
 
-    request = GenerateRequest.from_options(args)
-    result = run_generation(request)
+    plan = plan_generation(GenerateRequest.from_options(args))
+    request = plan.request
+    result = run_generation_plan(plan)
     folder = result.folder
     if result.interrupt is not None:
         print(f"ipsolve: interrupted after NFE {result.nfe}: "

@@ -88,23 +88,22 @@ def add_restore_command(commands):
 
 
 def run_restore(args) -> int:
-    """Validate everything, then restore with a progress bar, writing every preview as it comes."""
-    from ipsolve.services.restore_request import RestoreRequest
+    """Plan (everything checked, nothing written), then restore with a progress bar, writing every preview
+    as it comes."""
+    from ipsolve.services.restore_request import RestorePlan, RestoreRequest, plan_restore
 
-    request = RestoreRequest.from_options(args)
-    if Path(request.measurement).is_dir():
-        return run_restore_folder(request)
+    plan = plan_restore(RestoreRequest.from_options(args))
+    if not isinstance(plan, RestorePlan):
+        return run_restore_folder(plan)
 
     from ipsolve.services.interrupts import exit_code_for
     from ipsolve.services.progress import RunProgress
-    from ipsolve.services.restore_request import example_clean, restore_inputs, run_restore_request
+    from ipsolve.services.restore_request import run_restore_plan
 
-    inputs = restore_inputs(request)
-    progress = RunProgress(inputs.marks[-1], "restore", enabled=not request.quiet)
+    progress = RunProgress(plan.inputs.marks[-1], "restore", enabled=not plan.request.quiet)
     try:
-        result = run_restore_request(request, inputs, clean=example_clean(inputs.source),
-                                     on_preview=lambda preview, path: progress.preview(preview.step),
-                                     on_nfe=progress.nfe)
+        result = run_restore_plan(plan, on_preview=lambda preview, path: progress.preview(preview.step),
+                                  on_nfe=progress.nfe)
     finally:
         progress.close()
     folder, nfe = result.folder, result.nfe
@@ -117,15 +116,16 @@ def run_restore(args) -> int:
     return 0
 
 
-def run_restore_folder(request) -> int:
-    """`ipsolve restore DIR --out OUT`: every measurement of DIR, one run folder each plus OUT/index.csv."""
-    from ipsolve.services.restore_request import restore_measurement_folder
+def run_restore_folder(plan) -> int:
+    """`ipsolve restore DIR --out OUT`: run the plan of every measurement of DIR (one run folder each plus
+    OUT/index.csv); exit 1 when some failed."""
+    from ipsolve.services.folder_restore import run_folder_restore
 
-    jobs = restore_measurement_folder(request)
+    jobs = run_folder_restore(plan)
     if jobs is None:  # a worker process other than the main one
         return 0
     counts = {status: sum(job.status.startswith(status) for job in jobs) for status in ("done", "reused", "failed")}
-    index = Path(request.out) / "index.csv"
+    index = plan.out / "index.csv"
     print(f"{index}: {len(jobs)} measurements, {counts['done']} restored, "
           f"{counts['reused']} reused, {counts['failed']} failed")
     if counts["failed"]:
