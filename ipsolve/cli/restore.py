@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ipsolve.config import SOLVERS
 from ipsolve.services.values import device_name, folder_name, positive_float, positive_int, seed_int, unit_float
