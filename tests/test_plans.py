@@ -245,3 +245,29 @@ def test_run_json_names_the_last_preview_on_disk_when_its_record_cannot_be_writt
     record = json.loads((work / "out" / "run.json").read_text())
     assert not list((work / "out").glob("preview_*.png")) and not list((work / "out").glob(".*.tmp*"))
     assert record["previews"] == [] and record["nfe"] == 0 and record["status"] == "failed"
+
+
+# ---------------------------------------------------------------- one plan per command
+
+def test_every_plan_and_request_is_immutable():
+    import dataclasses
+
+    from ipsolve.services.degrade_file import DegradePlan
+    from ipsolve.services.folder_restore import FolderRestorePlan
+    from ipsolve.services.generate_run import GeneratePlan, GenerateRequest
+    from ipsolve.services.restore_request import RestorePlan, RestoreRequest
+
+    for kind in (RestoreRequest, RestorePlan, FolderRestorePlan, DegradePlan, GenerateRequest, GeneratePlan):
+        assert kind.__dataclass_params__.frozen, kind
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RestoreRequest(measurement="m.png", out="out").out = "elsewhere"
+
+
+def test_a_restore_plan_writes_nothing_and_running_it_writes_the_run_folder(work):
+    from ipsolve.services.restore_request import RestorePlan, RestoreRequest, plan_restore, run_restore_plan
+
+    before = tree(work)
+    plan = plan_restore(RestoreRequest(measurement="digit_sr4.png", outer=1, inner=2, out="out", quiet=True))
+    assert isinstance(plan, RestorePlan) and plan.inputs.marks == [2] and tree(work) == before
+    result = run_restore_plan(plan)
+    assert result.nfe == 2 and (work / "out" / "final.png").is_file()

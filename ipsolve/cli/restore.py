@@ -118,9 +118,9 @@ def run_restore(args) -> int:
 def run_restore_folder(plan) -> int:
     """`ipsolve restore DIR --out OUT`: run the plan of every measurement of DIR (one run folder each plus
     OUT/index.csv); exit 1 when some failed."""
-    from ipsolve.services.folder_restore import run_folder_restore
+    from ipsolve.services.folder_restore import run_folder_plan
 
-    jobs = run_folder_restore(plan)
+    jobs = run_folder_plan(plan)
     if jobs is None:  # a worker process other than the main one
         return 0
     counts = {status: sum(job.status.startswith(status) for job in jobs) for status in ("done", "reused", "failed")}

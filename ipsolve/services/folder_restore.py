@@ -5,7 +5,7 @@ checks the outputs (run folders named plainly, confined under OUT, no input amon
 what OUT holds with what this run would write; it writes nothing. A plan is refused (ValueError, one
 line) when no measurement can be restored, or when OUT holds a folder restore with other settings
 (unless --overwrite: the run then first removes only what the earlier run recorded it wrote).
-`run_folder_restore(plan)` only runs it (`batch_restore.restore_folder`).
+`run_folder_plan(plan)` only runs it (`batch_restore.restore_folder`).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def plan_folder_restore(request, options: dict) -> FolderRestorePlan:
         raise
 
 
-def run_folder_restore(plan: FolderRestorePlan):
+def run_folder_plan(plan: FolderRestorePlan):
     """Run `plan`: the jobs (`batch_restore.Job`) on the main process, None on the others."""
     from ipsolve import distributed
     from ipsolve.services.batch_restore import restore_folder

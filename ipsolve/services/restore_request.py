@@ -150,7 +150,7 @@ def run_restore_plan(plan: RestorePlan, *, on_preview=None, on_nfe=None):
 
 def plan_measurement_folder(request: RestoreRequest):
     """The `folder_restore.FolderRestorePlan` of a request whose measurement is a folder: one run folder
-    per measurement plus OUT/index.csv (`folder_restore.run_folder_restore` runs it)."""
+    per measurement plus OUT/index.csv (`folder_restore.run_folder_plan` runs it)."""
     from ipsolve.restore import check_schedule
     from ipsolve.services.folder_restore import plan_folder_restore
 
