@@ -10,9 +10,10 @@ i = r, r+K, …).
 Outputs: OUT/NAME/ (NAME = the file's stem) is the run folder `ipsolve restore` writes for that image,
 its run.json holding `key`, the fingerprint of what produced it (the measurement, sidecar and mask bytes,
 the model's weights, the solver and its options, steps, budget, the image's seed, the ipsolve version).
-A rerun reuses a finished image only when its key is unchanged. OUT/index.csv (written by rank 0 at the
-end): source, task, NFE, seconds, status — `done`, `reused`, `failed: reason` — one bad file never stops
-the others.
+A rerun reuses a finished image only when its key is unchanged. `read_measurements` reads every file
+before anything is written (`folder_restore` plans with it); `restore_folder` then runs. OUT/index.csv
+(written by rank 0 at the end): source, task, NFE, seconds, status — `done`, `reused`, `failed: reason`
+— one bad file never stops the others.
 """
 from __future__ import annotations
 
