@@ -158,8 +158,8 @@ def test_a_file_restore_with_other_settings_is_refused_unless_overwrite(work, ca
 
 
 def test_a_generation_with_other_settings_is_refused_unless_overwrite(work, capsys):
-    flags = ["--outer", "1", "--inner", "2", "--n", "1", "--quiet", "--out", "out"]
-    assert run(capsys, "generate", *flags)[0] == 0
+    flags = ["--outer", "1", "--inner", "2", "--quiet", "--out", "out"]
+    assert run(capsys, "generate", *flags, "--n", "1")[0] == 0
     assert "holds a generation with --n 1; this one is --n 2" in refused(capsys, work, "generate", *flags, "--n", "2")
     assert run(capsys, "generate", *flags, "--n", "2", "--overwrite")[0] == 0
     assert json.loads((work / "out" / "run.json").read_text())["arguments"]["n"] == 2
