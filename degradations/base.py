@@ -150,13 +150,18 @@ class SVDOperator:
         return v
 
 
+class NaNInput(ValueError):
+    """An operator was handed a tensor with NaN entries. A solver whose own inputs were finite turns it into
+    `solvers.SolverDiverged`: the NaN came from its arithmetic, not from the pixels."""
+
+
 def _check_tensor(t, what):
     if not torch.is_tensor(t):
         raise ValueError(f"the {what} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise ValueError(f"the {what} must be a floating-point tensor, got {t.dtype}; convert with .float()")
     if torch.isnan(t).any():
-        raise ValueError(f"the {what} contains NaN values; check the input for invalid pixels")
+        raise NaNInput(f"the {what} contains NaN values; check the input for invalid pixels")
 
 
 def check_image_size(image_size):

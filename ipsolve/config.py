@@ -25,7 +25,8 @@ from pathlib import Path
 import yaml
 
 SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
-SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta",), "dps": ("step_size",)}
+SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta", "weight"), "dps": ("step_size",)}
+CHOICE_OPTIONS = {"weight": ("code", "paper", "score")}  # options that name a choice (solvers.PIGDM_WEIGHTS)
 CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged named configs: models/, tasks/, eval/
 
 
@@ -183,6 +184,15 @@ def solver_default(solver: str, option: str):
     return inspect.signature(getattr(solvers, solver)).parameters[option].default
 
 
+def _option_value(key: str, value, where: str):
+    """A solver option from a config: one of its choices (CHOICE_OPTIONS), else a number."""
+    if key in CHOICE_OPTIONS:
+        if value not in CHOICE_OPTIONS[key]:
+            raise ValueError(f"{where}: {value!r} is not one of {', '.join(CHOICE_OPTIONS[key])}")
+        return value
+    return float(value)
+
+
 def _method(name: str, data: dict, budgets: tuple, where: str) -> MethodConfig:
     """A method entry `NAME: {solver:, nested:, options…}`; `solver` defaults to NAME when NAME is a solver
     (else ddrm) and `nested` to whether NAME starts with "nested" (so `ddrm:` and `nested:` keep meaning
@@ -198,7 +208,8 @@ def _method(name: str, data: dict, budgets: tuple, where: str) -> MethodConfig:
     allowed = set(SOLVER_OPTIONS[solver]) | ({"eta_outer", "inner_steps", "splits"} if nested else set())
     _check_keys(data, allowed, f"{where}.{name}")
     splits = _nested_splits(data, budgets, f"{where}.{name}") if nested else {}
-    options = {key: float(data.get(key, solver_default(solver, key))) for key in SOLVER_OPTIONS[solver]}
+    options = {key: _option_value(key, data.get(key, solver_default(solver, key)), f"{where}.{name}.{key}")
+               for key in SOLVER_OPTIONS[solver]}
     return MethodConfig(name=name, solver=solver, nested=nested, options=options,
                         eta_outer=float(data.get("eta_outer", 0.0)), splits=splits)
 

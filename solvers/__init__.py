@@ -4,9 +4,11 @@ A model is anything with `alphas_cumprod` callable as model(x_t, t) → ε (mode
 `cond` is given); operators follow the SVD protocol of `degradations`. Every sampler takes explicit
 descending timesteps, makes exactly len(timesteps) model calls, steps after the last one to ᾱ = 1 and
 returns x̂₀; randomness comes from `noise(shape)` or a `generator`; callback(info) sees nfe, t, x, x0.
+A state or x̂₀ that stops being finite raises SolverDiverged (one line: solver, call, t, a remedy).
 Restorers: ddrm, ddnm (SVD operators; ddnm's grid may jump back up), pigdm (linear H with Ht), dps (any
 differentiable forward); pigdm and dps take one backward pass through the network per call.
 """
+from .common import SolverDiverged
 from .ddim import ddim
 from .ddnm import ddnm, time_travel_timesteps
 from .ddpm import ddpm
@@ -14,13 +16,16 @@ from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .dps import dps
 from .nested import NestedRun, Preview, inner_run_lengths, nested, plan
-from .pigdm import pigdm
+from .pigdm import STARTS as PIGDM_STARTS
+from .pigdm import WEIGHTS as PIGDM_WEIGHTS
+from .pigdm import pigdm, pigdm_init
 from .timesteps import (cut_to_budget, ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
                         linspace_timesteps, matched_inner_timesteps, outer_timesteps, plain_ddrm_timesteps,
                         planned_inner_counts, sd_inner_timesteps, sd_outer_timesteps)
 
 __all__ = [
-    "ddim", "ddpm", "ddrm", "ddrm_init", "ddnm", "time_travel_timesteps", "pigdm", "dps", "dpm_solver", "nested",
+    "SolverDiverged", "ddim", "ddpm", "ddrm", "ddrm_init", "ddnm", "time_travel_timesteps", "pigdm", "pigdm_init",
+    "PIGDM_WEIGHTS", "PIGDM_STARTS", "dps", "dpm_solver", "nested",
     "NestedRun", "Preview", "ddrm_timesteps",
     "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
     "inner_step_counts", "linspace_timesteps", "cut_to_budget", "plain_ddrm_timesteps", "planned_inner_counts",

@@ -1,7 +1,15 @@
-"""Pieces every sampler shares: timestep checks, ᾱ lookup, x̂₀ from ε, noise drawing, the model call."""
+"""Pieces every sampler shares: timestep checks, ᾱ lookup, x̂₀ from ε, noise drawing, the model call, and
+the divergence check (`SolverDiverged`, `divergence_checked`)."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
+
+from degradations.base import NaNInput
+
+GENERIC_REMEDY = "try more (or fewer) steps, or float64"
 
 
 def check_timesteps(timesteps, model) -> list[int]:
@@ -66,10 +74,12 @@ def call_model(model, x: torch.Tensor, t: int, cond=None):
 
 def denoise(model, x: torch.Tensor, t: int, cond, nfe: int, callback):
     """One model call at t → (ε̂, v, ᾱ_t, x̂₀), v the learned-variance channels or None; reports the call
-    to `callback` as call number `nfe`."""
+    to `callback` as call number `nfe`. SolverDiverged when x_t or x̂₀ is not finite."""
+    check_finite(x, nfe, t, "the state x_t")
     eps, v = call_model(model, x, t, cond)
     a = alpha_bar(model, t, x)
     x0 = predict_x0(x, eps, a)
+    check_finite(x0, nfe, t, "x̂₀")
     report(callback, nfe, t, x, x0)
     return eps, v, a, x0
 
@@ -106,3 +116,89 @@ def require_svd(op, solver: str) -> None:
         name = getattr(op, "name", type(op).__name__)
         raise ValueError(f"{solver} needs an operator with an SVD ({' and '.join(SVD_SOLVERS)} do) and {name} has "
                          f"none: use {' or '.join(GENERAL_SOLVERS)}, which need only H and Ht")
+
+
+class SolverDiverged(ValueError):
+    """A solver's state or x̂₀ stopped being finite (inf or NaN): the run diverged, its input was fine.
+
+    A ValueError as every bad choice of values (the fix is in the arguments: a step size, the number of
+    steps, the dtype), so every front-end reports its one line. `call` counts model calls from 1, `t` is
+    that call's timestep, `what` the tensor that was not finite, `step` a nested run's outer step (or None).
+    """
+
+    def __init__(self, call: int, t: int, what: str, solver: str = "the solver", remedy: str = GENERIC_REMEDY,
+                 step: int | None = None):
+        super().__init__(call, t, what, solver, remedy, step)
+        self.call, self.t, self.what, self.solver, self.remedy, self.step = call, t, what, solver, remedy, step
+
+    def __str__(self):
+        where = f"t = {self.t}" if self.step is None else f"outer step {self.step}, t = {self.t}"
+        return f"{self.solver} diverged at call {self.call} ({where}): {self.what} is not finite; {self.remedy}"
+
+    def but(self, **changes) -> SolverDiverged:
+        """The same divergence, some fields changed (a solver's name and remedy, a nested run's place)."""
+        fields = dict(call=self.call, t=self.t, what=self.what, solver=self.solver, remedy=self.remedy, step=self.step)
+        return SolverDiverged(**{**fields, **changes}).with_traceback(self.__traceback__)
+
+
+def check_finite(tensor: torch.Tensor, call: int, t: int, what: str, **names) -> None:
+    """SolverDiverged(call, t, what, **names) unless every entry of `tensor` is finite (one reduction)."""
+    if not torch.isfinite(tensor).all():
+        raise SolverDiverged(call, t, what, **names)
+
+
+INPUTS = {"y": "the measurement y", "x_T": "the starting state x_T"}
+
+
+def divergence_checked(remedy=None):
+    """Decorator of a solver: SolverDiverged, named after the solver and with `remedy(arguments)` (None:
+    GENERIC_REMEDY), when a state or x̂₀ is not finite after a model call (`denoise`), when the result after
+    the last step is not, or when the solver hands an operator NaN (its inputs were finite, so the NaN is
+    its own); inputs y and x_T that are not finite are a plain ValueError instead."""
+    def decorate(solver):
+        signature = inspect.signature(solver)
+
+        @functools.wraps(solver)
+        def checked(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
+            _check_inputs(arguments)
+            try:
+                return _finite_result(solver, arguments)
+            except SolverDiverged as error:
+                advice = (remedy(arguments) if remedy else None) or GENERIC_REMEDY
+                raise error.but(solver=solver.__name__, remedy=advice) from None
+        return checked
+    return decorate
+
+
+def _finite_result(solver, arguments):
+    """solver(**arguments), with SolverDiverged (not yet named) for NaN it hands an operator and for a result
+    that is not finite, both placed at its last reported call."""
+    last = _LastCall(arguments["callback"])
+    try:
+        result = solver(**{**arguments, "callback": last})
+    except NaNInput:
+        raise SolverDiverged(last.nfe, last.t, "the tensor it handed the operator after that call") from None
+    check_finite(result, last.nfe, last.t, "the result of its last step")
+    return result
+
+
+def _check_inputs(arguments) -> None:
+    for name, what in INPUTS.items():
+        value = arguments.get(name)
+        if torch.is_tensor(value) and not torch.isfinite(value).all():
+            raise ValueError(f"{what} contains NaN or infinite values; check the input for invalid pixels")
+
+
+class _LastCall:
+    """The callback a checked solver runs with: remembers the last call's number and t, passes info on."""
+
+    def __init__(self, callback):
+        self.callback, self.nfe, self.t = callback, 0, None
+
+    def __call__(self, info) -> None:
+        self.nfe, self.t = info["nfe"], info["t"]
+        if self.callback is not None:
+            self.callback(info)

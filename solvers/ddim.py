@@ -1,9 +1,10 @@
 """DDIM (Song et al. 2021): deterministic for η = 0, DDPM-like for η = 1."""
 from __future__ import annotations
 
-from .common import alpha_bar, check_timesteps, ddim_step, denoise, noise_drawer, with_next
+from .common import alpha_bar, check_timesteps, ddim_step, denoise, divergence_checked, noise_drawer, with_next
 
 
+@divergence_checked()
 def ddim(model, x_T, timesteps, eta: float = 0.0, noise=None, generator=None, callback=None, cond=None):
     """Run DDIM from x_T (the state at timesteps[0]) down the descending `timesteps`; return x̂₀ (t' = −1).
 

@@ -14,10 +14,11 @@ import math
 
 import torch
 
-from .common import alpha_bar, denoise, noise_drawer, require_svd, with_next
+from .common import alpha_bar, denoise, divergence_checked, noise_drawer, require_svd, with_next
 from .ddrm import SpectralMeasurement
 
 
+@divergence_checked()
 def ddnm(model, y, op, sigma_y, timesteps, eta: float = 0.85, x_T=None, noise=None, generator=None,
          callback=None, cond=None):
     """Restore x₀ from y = H x₀ + σ_y n with DDNM (σ_y = 0) or DDNM+ (σ_y > 0); return x̂₀' at t = 0.

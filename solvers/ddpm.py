@@ -1,11 +1,12 @@
 """Ancestral DDPM sampling (Ho et al. 2020) on any descending grid, with fixed or learned variance."""
 from __future__ import annotations
 
-from .common import alpha_bar, check_timesteps, denoise, noise_drawer, with_next
+from .common import alpha_bar, check_timesteps, denoise, divergence_checked, noise_drawer, with_next
 
 VARIANCES = ("fixedsmall", "fixedlarge", "learned")
 
 
+@divergence_checked()
 def ddpm(model, x_T, timesteps, variance: str | None = None, noise=None, generator=None, callback=None,
          cond=None):
     """Sample p(x_{t'} | x_t) = N(posterior mean from (x_t, x̂₀), σ²) down `timesteps`; return x̂₀ (t' = −1).

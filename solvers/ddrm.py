@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .common import alpha_bar, check_timesteps, denoise, noise_drawer, require_svd, with_next
+from .common import alpha_bar, check_timesteps, denoise, divergence_checked, noise_drawer, require_svd, with_next
 
 
 class SpectralMeasurement:
@@ -28,6 +28,7 @@ class SpectralMeasurement:
         self.dim = math.prod(op.input_shape)
 
 
+@divergence_checked()
 def ddrm(model, y, op, sigma_y, timesteps, eta: float = 0.85, eta_b: float = 1.0, x_T=None, noise=None,
          generator=None, callback=None, cond=None):
     """Restore x₀ from y = H x₀ + σ_y n; return x̂₀ at t = 0 (B, C, H, W), model space, unclipped.

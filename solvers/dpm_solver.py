@@ -6,11 +6,12 @@ combination of two x̂₀ predictions. The solver is deterministic.
 """
 from __future__ import annotations
 
-from .common import alpha_bar, check_timesteps, denoise
+from .common import alpha_bar, check_timesteps, denoise, divergence_checked
 
 VARIANTS = ("2M", "2S")
 
 
+@divergence_checked()
 def dpm_solver(model, x_T, timesteps, order: int = 2, variant: str = "2M", noise=None, generator=None,
                callback=None, cond=None):
     """Solve the probability-flow ODE from x_T (the state at timesteps[0]); return x̂₀ (t' = −1).

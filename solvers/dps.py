@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 
 from .common import alpha_bar, check_timesteps, denoise, noise_drawer, report, with_next
+from .common import divergence_checked
 from .ddpm import ancestral_step
 
 
+@divergence_checked(lambda options: f"lower the step size (it is {options['step_size']:g})")
 def dps(model, y, forward, timesteps, step_size: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
         cond=None):
     """Restore x₀ from y = A(x₀) + noise with DPS; return x at t = 0 (x̂₀ of the last call, guided).

@@ -24,21 +24,21 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import alpha_bar, check_timesteps, ddim_step, noise_drawer, require_svd
+from .common import SolverDiverged, alpha_bar, check_finite, check_timesteps, ddim_step, noise_drawer, require_svd
 from .ddim import ddim
 from .ddnm import ddnm
 from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .dps import dps
-from .pigdm import pigdm
+from .pigdm import DEFAULT_START, pigdm, pigdm_start
 from .timesteps import (ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
                         matched_inner_timesteps, outer_timesteps, plain_ddrm_timesteps, planned_inner_counts)
 
 INNER_SAMPLERS = {"ddrm": ddrm, "ddnm": ddnm, "pigdm": pigdm, "dps": dps, "ddim": ddim, "ddpm": ddpm,
                   "dpm_solver": dpm_solver}
 INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddnm": {"y", "op", "sigma_y", "eta"},
-                 "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations", "safeguard"},
+                 "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations", "weight", "safeguard", "start"},
                  "dps": {"y", "forward", "step_size"}, "ddim": {"eta"}, "ddpm": {"variance"},
                  "dpm_solver": {"order", "variant"}}
 # restorers: the measurement options each needs; they are called by keyword
@@ -75,7 +75,7 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
-    (y, op, sigma_y; eta, cg_iterations, safeguard), "dps" (y, forward; step_size), "ddim" (eta), "ddpm"
+    (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start), "dps" (y, forward; step_size), "ddim" (eta), "ddpm"
     (variance) or "dpm_solver" (order, variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator
     with an SVD; pigdm takes any linear operator with H and Ht, dps any differentiable forward.
     outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the schedule's).
@@ -84,8 +84,8 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     schedule: "matched" or "paper" (module doc); None → "matched" for inner samplers that take y, else "paper".
     inner_grid: callable(t, count) → the inner timesteps (default: the schedule's, see the module doc).
     x_T: the first outer state; None → DDRM's y-aware initialisation at the top time for "ddrm" (so
-    S = 1 equals plain DDRM with the same draws), standard normal noise shaped as the operator's images
-    (y's dtype/device) for ddnm, pigdm and dps (their plain start), else standard normal noise of `shape`
+    S = 1 equals plain DDRM with the same draws), ΠGDM's `start` for "pigdm", standard normal noise shaped as
+    the operator's images (y's dtype/device) for ddnm and dps (their plain start), else standard normal noise of `shape`
     (dtype/device). Every inner run starts from the outer state itself, never re-initialised.
     budget: cap on the total number of model calls, planned from the start (`planned_inner_counts`: the
     inner runs that fit whole are kept and lengthened to share the whole budget; none is cut short).
@@ -114,7 +114,11 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     if x_T is None and inner == "ddrm":
         x_T = ddrm_init(model, inner_kwargs["y"], inner_kwargs["op"], inner_kwargs["sigma_y"], outer_grid[0],
                         noise=noise, generator=generator)
-    elif x_T is None and inner in REQUIRED_OPTIONS:  # ddnm, pigdm, dps: pure noise, as when run alone
+    elif x_T is None and inner == "pigdm":  # its `start`, as when run alone
+        x_T = pigdm_start(model, inner_kwargs["y"], inner_kwargs["op"], outer_grid[0],
+                          inner_kwargs.get("start", DEFAULT_START), noise_drawer(noise, generator),
+                          inner_kwargs.get("cg_iterations", 100))
+    elif x_T is None and inner in REQUIRED_OPTIONS:  # ddnm, dps: pure noise, as when run alone
         y, op = inner_kwargs["y"], inner_kwargs.get("op", inner_kwargs.get("forward"))
         if shape is None and not hasattr(op, "input_shape"):
             raise ValueError(f"nested {inner} needs x_T or shape= when its forward does not say its input_shape")
@@ -183,7 +187,7 @@ class NestedRun:
                 self.hook(self.latest, self)
             yield self.latest
             if step < steps:
-                self._x = self._outer_step(t, self.outer_timesteps[step])
+                self._x = self._outer_step(t, self.outer_timesteps[step], step)
 
     def _inner_run(self, grid, step):
         offset = self.nfe
@@ -191,14 +195,20 @@ class NestedRun:
             lambda info: self.callback({**info, "nfe": offset + info["nfe"], "step": step}))
         common = dict(noise=self.noise, generator=self.generator, callback=callback, cond=self._cond)
         sampler = INNER_SAMPLERS[self.inner]
-        if self.inner in REQUIRED_OPTIONS:
-            return sampler(self.model, timesteps=grid, x_T=self._x, **common, **self.inner_kwargs)
-        return sampler(self.model, self._x, grid, **common, **self.inner_kwargs)
+        try:
+            if self.inner in REQUIRED_OPTIONS:
+                return sampler(self.model, timesteps=grid, x_T=self._x, **common, **self.inner_kwargs)
+            return sampler(self.model, self._x, grid, **common, **self.inner_kwargs)
+        except SolverDiverged as error:  # counted over the whole run, at its outer step
+            raise error.but(solver=f"nested {self.inner}", call=offset + error.call, step=step) from None
 
-    def _outer_step(self, t, t_next):
+    def _outer_step(self, t, t_next, step):
         a, a_next = alpha_bar(self.model, t, self._x), alpha_bar(self.model, t_next, self._x)
         eps = (self._x - a.sqrt() * self._x0) / (1 - a).sqrt()
-        return ddim_step(self._x0, eps, a, a_next, self.eta_outer, self._draw)
+        x = ddim_step(self._x0, eps, a, a_next, self.eta_outer, self._draw)
+        check_finite(x, self.nfe, t, f"the outer step's state at t = {t_next}", solver=f"nested {self.inner}",
+                     step=step)
+        return x
 
 
 def _plan(model, inner, outer_steps, inner_steps, outer_grid, inner_schedule, inner_grid, budget,

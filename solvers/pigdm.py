@@ -1,18 +1,26 @@
 """ΠGDM (Song, Vahdat, Mardani, Kautz 2023): pseudoinverse guidance added to DDIM, for linear H.
 
-With p(x₀ | x_t) ≈ N(x̂₀, r_t² I), r_t² = 1 − ᾱ_t, the measurement is y | x_t ≈ N(H x̂₀, r_t² H Hᵀ + σ_y² I)
-and the guidance is the vector-Jacobian product through the network
-  g = (∂x̂₀/∂x_t)ᵀ Hᵀ (r_t² H Hᵀ + σ_y² I)⁻¹ (y − H x̂₀) ≈ ∇_{x_t} log p(y | x_t).
-Adding g to the model's score −ε̂/√(1−ᾱ_t) moves x̂₀ by (1−ᾱ_t)/√ᾱ_t · g and ε̂ by −√(1−ᾱ_t) · g; the DDIM
-step (η) is then taken from the guided pair.
+With p(x₀ | x_t) ≈ N(x̂₀, r_t² I), r_t² = 1 − ᾱ_t, the measurement is y | x_t ≈ N(H x̂₀, r_t² H Hᵀ + σ_y² I).
+The guidance direction is the vector-Jacobian product through the network Jᵀm, J = ∂x̂₀/∂x_t, with
+  m = r_t² Hᵀ (r_t² H Hᵀ + σ_y² I)⁻¹ (y − H x̂₀)   (= H⁺y − H⁺H x̂₀ when σ_y = 0),
+so Jᵀm / r_t² ≈ ∇_{x_t} log p(y | x_t). The DDIM(η) step from x_t to x_s is
+  x_s = √ᾱ_s x̂₀ + c₁ z + c₂ ε̂ + w_t Jᵀm,   c₁ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_s), c₂ = √(1−ᾱ_s−c₁²),
+and the sources differ only in the weight w_t (`weight`):
+* "code": w_t = √ᾱ_s √ᾱ_t, the authors' released step (NVlabs/RED-diff @ 66482f2, `algos/pgdm.py` with
+  `_configs/algo/pgdm.yaml`: awd True, grad_term_weight 1), whose start is `pigdm_init`;
+* "paper": w_t = √ᾱ_t, Algorithm 1 of the paper as printed;
+* "score": w_t = √ᾱ_s/√ᾱ_t − c₂/√(1−ᾱ_t): Jᵀm / r_t² added to the model's score and the DDIM step taken
+  from the guided pair (x̂₀ and ε̂ both corrected). It is exact for a Gaussian prior N(0, I), and about
+  3500× the released weight at the first of 20 steps.
+Every weight is the same DDIM step from a guided x̂₀' = x̂₀ + Δ (and ε̂' = ε̂ − √(ᾱ_t/(1−ᾱ_t)) Δ), with
+Δ = w_t / k_t · Jᵀm, k_t = √ᾱ_s − c₂ √(ᾱ_t/(1−ᾱ_t)) > 0; that is how the step is computed here.
 
-Step safeguard (on by default, `safeguard=False` is the paper's step): the Gaussian approximation takes
-Cov[x₀ | x_t] = r_t² I, but the data's variance exceeds 1 along some directions (an image's mean brightness
-varies far more than one pixel), where the guided x̂₀ then overshoots y and few-step runs diverge. Each
-image's x̂₀ correction Δ is scaled by min(1, ⟨r, HΔ⟩ / ‖HΔ‖²) (r = y − H x̂₀), the step along Δ that brings
-H x̂₀ closest to y, never more than the full step: on unit-variance data HΔ shrinks r coordinate-wise, that
-factor is ≥ 1 and the step is the paper's. With an SVD, Hᵀ(r² H Hᵀ + σ_y² I)⁻¹ = V diag(s/(r² s² + σ_y²)) Uᵀ;
-an operator with only H and Ht gets (r² H Hᵀ + σ_y² I)⁻¹ by conjugate gradients.
+Step safeguard (`safeguard`, for any weight): the Gaussian approximation takes Cov[x₀ | x_t] = r_t² I, but
+the data's variance exceeds 1 along some directions (an image's mean brightness), where a large weight
+makes the guided x̂₀ overshoot y and few-step runs diverge. Each image's Δ is then scaled by
+min(1, ⟨r, HΔ⟩ / ‖HΔ‖²) (r = y − H x̂₀): the step along Δ that brings H x̂₀ closest to y, never more than
+the full step. With an SVD, Hᵀ(r² H Hᵀ + σ_y² I)⁻¹ = V diag(s/(r² s² + σ_y²)) Uᵀ; an operator with only
+H and Ht gets (r² H Hᵀ + σ_y² I)⁻¹ by conjugate gradients.
 """
 from __future__ import annotations
 
@@ -22,45 +30,109 @@ import torch
 
 from degradations.linalg import conjugate_gradient
 
-from .common import alpha_bar, check_timesteps, ddim_step, denoise, has_svd, noise_drawer, report, with_next
+from .common import (alpha_bar, check_timesteps, ddim_step, denoise, divergence_checked, has_svd, noise_drawer,
+                     report, with_next)
+
+WEIGHTS = ("code", "paper", "score")
+STARTS = ("noise", "measurement")
+DEFAULT_START = "measurement"
+# safeguard=None: on for the weights that diverge without it at 10–30 calls (docs/solvers_benchmark.md)
+SAFEGUARD_BY_WEIGHT = {"code": False, "paper": True, "score": True}
 
 
+def remedy(options) -> str | None:
+    """What to try when ΠGDM diverged with these options (None: the generic advice)."""
+    weight, safeguard = options["weight"], options["safeguard"]
+    if not (SAFEGUARD_BY_WEIGHT.get(weight, True) if safeguard is None else safeguard):
+        return "turn the safeguard on (safeguard=True)"
+    if weight != "code":
+        return 'use weight="code" (the released step; --weight code)'
+    return None
+
+
+@divergence_checked(remedy)
 def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
-          cond=None, cg_iterations: int = 100, safeguard: bool = True):
+          cond=None, cg_iterations: int = 100, weight: str = "code", safeguard: bool | None = None, start: str = DEFAULT_START):
     """Restore x₀ from y = H x₀ + σ_y n with ΠGDM on DDIM(η); return the guided x̂₀ at t = 0.
 
     `op` needs H and Ht (and input_shape when x_T is None); with the SVD protocol the inverse is in closed
-    form, else `cg_iterations` conjugate-gradient steps per model call. x_T is the state at timesteps[0]
-    (None: standard normal noise). safeguard: limit each correction to the step that brings H x̂₀ closest to
-    y (module docstring). Exactly len(timesteps) model calls, each with one backward pass through the
-    network (autograd is on only there); callback(info) after each (x0: the unguided x̂₀).
+    form, else `cg_iterations` conjugate-gradient steps per model call. weight: "code" (the default, the
+    released step), "paper" or "score" (module docstring). safeguard: limit each correction to the step
+    that brings H x̂₀ closest to y; None: on for "paper" and "score", which diverge without it at 10–30
+    calls, off for "code", which does not need it and is better without. x_T is the state at
+    timesteps[0]; when None, `start` says where it comes from: "measurement" (the default: `pigdm_init`,
+    the released code's start) or "noise" (standard normal). Exactly len(timesteps) model calls, each
+    with one backward pass through the network (autograd is on only there); callback(info) after each
+    (x0: the unguided x̂₀).
     """
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
     if sigma_y < 0:
         raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
+    check_choice("weight", weight, WEIGHTS)
+    check_choice("start", start, STARTS)
+    safeguard = SAFEGUARD_BY_WEIGHT[weight] if safeguard is None else safeguard
     steps = check_timesteps(timesteps, model)
     draw = noise_drawer(noise, generator)
-    if has_svd(op):
-        back_project = _svd_back_projection(op, sigma_y)
-    else:
-        back_project = _cg_back_projection(op, sigma_y, cg_iterations)
-    x = draw((y.shape[0], *op.input_shape), y) if x_T is None else x_T
+    back_project = back_projection(op, sigma_y, cg_iterations)
+    if x_T is None:
+        x_T = pigdm_start(model, y, op, steps[0], start, draw, cg_iterations)
+    x = x_T
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             eps, _, a, x0 = denoise(model, x_in, t, cond, nfe, None)
             residual = y - op.H(x0.detach())
-            (g,) = torch.autograd.grad(x0, x_in, back_project(residual, 1 - a))
+            (guidance,) = torch.autograd.grad(x0, x_in, (1 - a) * back_project(residual, 1 - a))  # Jᵀm
         eps, x0 = eps.detach(), x0.detach()
         report(callback, nfe, t, x, x0)
-        correction = (1 - a) / a.sqrt() * g  # x̂₀'s change; ε̂ changes by −√(1−ᾱ) g = −√(ᾱ/(1−ᾱ)) · correction
+        a_next = alpha_bar(model, t_next, x)
+        correction = x0_weight(weight, a, a_next, eta) * guidance  # Δ
         if safeguard:
             step = residual_step(residual, op.H(correction))
             correction = correction * step.reshape(-1, *[1] * (correction.dim() - 1))
-        x = ddim_step(x0 + correction, eps - (a / (1 - a)).sqrt() * correction, a, alpha_bar(model, t_next, x),
-                      eta, draw)
+        x = ddim_step(x0 + correction, eps - (a / (1 - a)).sqrt() * correction, a, a_next, eta, draw)
     return x
+
+
+def check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")
+
+
+def guidance_weight(weight: str, a, a_next, eta: float):
+    """w_t, the multiple of Jᵀm that the DDIM step from ᾱ_t = a to ᾱ_s = a_next adds (module docstring)."""
+    if weight == "code":
+        return a_next.sqrt() * a.sqrt()
+    if weight == "paper":
+        return a.sqrt()
+    return a_next.sqrt() / a.sqrt() - ddim_c2(a, a_next, eta) / (1 - a).sqrt()
+
+
+def x0_weight(weight: str, a, a_next, eta: float):
+    """w_t / k_t: the multiple of Jᵀm by which x̂₀ moves for the DDIM step to add w_t Jᵀm."""
+    k = a_next.sqrt() - ddim_c2(a, a_next, eta) * (a / (1 - a)).sqrt()
+    return guidance_weight(weight, a, a_next, eta) / k
+
+
+def ddim_c2(a, a_next, eta: float):
+    """c₂ = √(1−ᾱ_s−c₁²) of the DDIM(η) step from ᾱ_t = a to ᾱ_s = a_next (as `ddim_step` computes it)."""
+    c1_squared = eta**2 * ((1 - a_next) / (1 - a) * (1 - a / a_next)).clamp_min(0)
+    return (1 - a_next - c1_squared).clamp_min(0).sqrt()
+
+
+def pigdm_init(model, y, op, t: int, noise=None, generator=None, cg_iterations: int = 100):
+    """The released code's measurement-aware start at timestep t: √ᾱ_t H⁺y + √(1−ᾱ_t) z."""
+    return pigdm_start(model, y, op, t, "measurement", noise_drawer(noise, generator), cg_iterations)
+
+
+def pigdm_start(model, y, op, t: int, start: str, draw, cg_iterations: int):
+    """x_T for `start` ("noise" or "measurement"), drawing z with `draw`."""
+    z = draw((y.shape[0], *op.input_shape), y)
+    if start == "noise":
+        return z
+    a = alpha_bar(model, t, y)
+    return a.sqrt() * back_projection(op, 0.0, cg_iterations)(y, 1.0) + (1 - a).sqrt() * z
 
 
 def residual_step(residual, moved):
@@ -71,11 +143,21 @@ def residual_step(residual, moved):
     return torch.where(length > 0, (along / torch.where(length > 0, length, 1)).clamp(0, 1), 1).to(moved.dtype)
 
 
+def back_projection(op, sigma_y: float, cg_iterations: int = 100):
+    """residual, r² → Hᵀ (r² H Hᵀ + σ_y² I)⁻¹ residual (in closed form with an SVD, else by conjugate
+    gradients); at σ_y = 0 and r² = 1 it is H⁺ residual."""
+    if has_svd(op):
+        return _svd_back_projection(op, sigma_y)
+    return _cg_back_projection(op, sigma_y, cg_iterations)
+
+
 def _svd_back_projection(op, sigma_y):
-    """residual, r² → Hᵀ (r² H Hᵀ + σ_y² I)⁻¹ residual = V pad(s/(r² s² + σ_y²) ⊙ Uᵀ residual)."""
+    """V pad(s/(r² s² + σ_y²) ⊙ Uᵀ residual), 0 on zero singular values."""
     def apply(residual, r2):
         s = op.singulars().to(residual.device, residual.dtype)
-        w = s / (r2 * s**2 + sigma_y**2) * op.Ut(residual)
+        denominator = r2 * s**2 + sigma_y**2
+        gain = torch.where(denominator > 0, s / torch.where(denominator > 0, denominator, 1), 0)
+        w = gain * op.Ut(residual)
         return op.V(torch.nn.functional.pad(w, (0, math.prod(op.input_shape) - s.numel())))
     return apply
 

@@ -80,6 +80,9 @@ BAD_INPUTS = {  # arguments → what the one error line must say
     "pigdm on a nonlinear sensor": (["restore", "saturate.png", "--solver", "pigdm"], "only dps takes it"),
     "an option the solver does not take": (["restore", "digit_sr4.png", "--solver", "ddnm", "--eta-b", "0.5"],
                                            "--solver ddnm takes no --eta-b"),
+    "a weight for another solver": (["restore", "digit_sr4.png", "--weight", "paper"], "--solver ddrm takes no --weight"),
+    "an unknown weight": (["restore", "digit_sr4.png", "--solver", "pigdm", "--weight", "papers"],
+                          "argument --weight: invalid choice: 'papers'"),
     "--schedule with --vanilla": (["restore", "digit_sr4.png", "--vanilla", "--schedule", "paper"],
                                   "--schedule is for nested runs"),
     "seed overflow": (["restore", "digit_sr4.png", "--seed", str(2**70)], "--seed"),
@@ -190,23 +193,32 @@ def test_the_isotropic_smoke_prior_restores_a_colour_image_at_64x64(folder):
     assert load_image(folder / "run" / "final.png").shape == (3, 64, 64)
 
 
-@pytest.mark.parametrize("measurement, solver", [("digit_sr4.png", "ddnm"), ("deblur_gauss+inp.png", "pigdm"),
-                                                 ("saturate.png", "dps")])
-def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, measurement, solver):
-    """`--solver S --vanilla` writes the x̂₀ of solvers.S run on the same grid with the same seed."""
+@pytest.mark.parametrize("measurement, solver, options", [
+    ("digit_sr4.png", "ddnm", {}), ("deblur_gauss+inp.png", "pigdm", {}), ("saturate.png", "dps", {}),
+    ("digit_inp.png", "pigdm", {"weight": "paper"}), ("digit_inp.png", "pigdm", {"weight": "score"})])
+def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, measurement, solver, options):
+    """`--solver S --vanilla [--weight W]` writes the x̂₀ of solvers.S (weight=W) run on the same grid with
+    the same seed; run.json records the option as given."""
     import solvers
     from ipsolve.measurement import read_measurement
     from ipsolve.models import load_model
 
-    done = ipsolve_run("restore", measurement, "--solver", solver, "--vanilla", "--outer", 1, "--inner", 3,
+    flags = [item for key, value in options.items() for item in (f"--{key}", value)]
+    done = ipsolve_run("restore", measurement, "--solver", solver, *flags, "--vanilla", "--outer", 1, "--inner", 3,
                        "--seed", 5, "--quiet", "--out", "run", cwd=folder)
     assert done.returncode == 0, done.stderr
     record = json.loads((folder / "run" / "run.json").read_text())
     assert record["solver"] == solver and record["nfe"] == 3
+    assert all(record["arguments"][key] == value for key, value in options.items())
     read = read_measurement(folder / measurement)
     measured = {"forward": read.op} if solver == "dps" else {"op": read.op, "sigma_y": read.sigma_y}
-    with torch.no_grad():
-        x0 = getattr(solvers, solver)(load_model("embedded"), y=read.y, timesteps=solvers.plain_ddrm_timesteps(3),
-                                      generator=torch.Generator().manual_seed(5), **measured)
-    expected = ((x0[0] + 1) / 2).clamp(0, 1).mul(255).round() / 255
-    torch.testing.assert_close(load_image(folder / "run" / "final.png"), expected, rtol=0, atol=1.5 / 255)
+
+    def library(**given):
+        with torch.no_grad():
+            x0 = getattr(solvers, solver)(load_model("embedded"), y=read.y, generator=torch.Generator().manual_seed(5),
+                                          timesteps=solvers.plain_ddrm_timesteps(3), **measured, **given)
+        return ((x0[0] + 1) / 2).clamp(0, 1).mul(255).round() / 255
+    written = load_image(folder / "run" / "final.png")
+    torch.testing.assert_close(written, library(**options), rtol=0, atol=1.5 / 255)
+    if options:  # the option changed the answer: it was not ignored
+        assert (written - library()).abs().max() > 3 / 255

@@ -42,14 +42,15 @@ def exact_posterior_model(prior, y, op, sigma_y):
                                                      ("deno", (1, 2, 3), 0.3, None)])
 def test_pigdm_on_a_standard_normal_prior_is_ddim_on_the_exact_posterior(name, shape, sigma_y, eta):
     """For N(0, I), x̂₀ = √ᾱ x_t and Cov[x₀ | x_t] = (1−ᾱ) I exactly, so the guidance is ∇ log p(y | x_t)
-    and each ΠGDM step is the DDIM step of the exact conditional model p(x₀ | y), whatever the grid."""
+    and each step of the score weight is the DDIM step of the exact conditional model p(x₀ | y), whatever
+    the grid (its default safeguard never acts there)."""
     prior = standard_normal_prior(shape)
     op = degradations.make(name, channels=shape[0], image_size=shape[1:], seed=2)
     y = op.H(torch.randn(1, *shape, generator=generator(1), dtype=F64)) * 0.7
     x_T = torch.randn(1, *shape, generator=generator(2), dtype=F64)
     grid = [900, 610, 333, 80, 7, 0]
     given = {} if eta is None else {"eta": eta}  # None: ΠGDM's default, η = 1
-    out = solvers.pigdm(prior, y, op, sigma_y, grid, x_T=x_T, generator=generator(3), **given)
+    out = solvers.pigdm(prior, y, op, sigma_y, grid, x_T=x_T, generator=generator(3), weight="score", **given)
     expected = solvers.ddim(exact_posterior_model(prior, y, op, sigma_y), x_T, grid, eta=1.0 if eta is None else eta,
                             generator=generator(3))
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
@@ -93,7 +94,7 @@ def test_pigdm_one_step_denoising_by_hand(variance, safeguard, scale):
     c = λ(1−ᾱ)/(ᾱλ + 1 − ᾱ), so ΠGDM's correction is c/(r² + σ_y²) (y − x̂₀), r² = 1 − ᾱ. For λ = 20 that
     factor exceeds 1 (the guided x̂₀ passes y) and the safeguard cuts it to exactly 1; for λ = 0.5 it is
     below 1 and the safeguard leaves the paper's step (also for small residuals, `scale`; the safeguard is
-    the default). A one-step grid ends at ᾱ = 1: the output is the guided x̂₀."""
+    the score weight's default). A one-step grid ends at ᾱ = 1: the output is the guided x̂₀."""
     shape, t, sigma_y = (1, 2, 3), 500, 0.1
     prior = GaussianPrior(torch.zeros(shape, dtype=F64), variance * torch.eye(6, dtype=F64), linear_alphas_cumprod())
     op = degradations.make("deno", channels=1, image_size=shape[1:])
@@ -106,7 +107,7 @@ def test_pigdm_one_step_denoising_by_hand(variance, safeguard, scale):
     if safeguard:
         factor = min(factor, 1.0)
     given = {} if safeguard else {"safeguard": False}
-    out = solvers.pigdm(prior, y, op, sigma_y, [t], x_T=x_t, noise=torch.zeros, **given)
+    out = solvers.pigdm(prior, y, op, sigma_y, [t], x_T=x_t, noise=torch.zeros, weight="score", **given)
     torch.testing.assert_close(out.reshape(2, 6), x0 + factor * (y.reshape(2, 6) - x0), rtol=1e-10, atol=1e-10)
 
 
@@ -144,7 +145,7 @@ def test_pigdm_safeguard_where_the_correction_cannot_bring_h_x0_closer(kind):
     assert (correction @ h.T).abs().max() == 0 if step == 1 else ((y - x0 @ h.T) * (correction @ h.T)).sum() < 0
     measured = y.reshape(op.H(probe.reshape(1, 1, 2, 2)).shape)
     out = solvers.pigdm(LinearDenoiser(matrix), measured, op, sigma_y, [t], x_T=x_t.reshape(1, 1, 2, 2),
-                        noise=torch.zeros)
+                        noise=torch.zeros, weight="score", safeguard=True)
     torch.testing.assert_close(out.reshape(1, 4), x0 + step * correction, rtol=1e-12, atol=1e-12)
 
 

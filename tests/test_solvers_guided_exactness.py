@@ -27,7 +27,8 @@ def generator(seed=0):
 
 
 def test_pigdm_samples_have_the_exact_posterior_moments():
-    """N(μ, I): Cov[x₀ | x_t] = (1−ᾱ) I exactly, so ΠGDM is DDIM on the exact posterior model and, with
+    """N(μ, I): Cov[x₀ | x_t] = (1−ᾱ) I exactly, so ΠGDM's score weight is DDIM on the exact posterior model
+    and, with
     a fine grid (500 steps, η = 1: ancestral), its draws follow p(x₀ | y) up to a discretisation bias well
     inside the Monte-Carlo error of 2000 draws."""
     shape, count = (1, 2, 3), 2000
@@ -36,7 +37,7 @@ def test_pigdm_samples_have_the_exact_posterior_moments():
     op, sigma_y = random_dense_operator(3, shape, generator(31)), 0.3
     y = op.H(prior.sample(1, generator(32))) + sigma_y * torch.randn(1, 3, generator=generator(33), dtype=F64)
     draws = solvers.pigdm(prior, y.expand(count, -1), op, sigma_y, solvers.ddrm_timesteps(500), eta=1.0,
-                          generator=generator(34))
+                          generator=generator(34), weight="score")
     posterior = prior.posterior(y, op, sigma_y)
     assert_moments(draws.reshape(count, -1), posterior.mean.reshape(-1), posterior.covariance[0])
 

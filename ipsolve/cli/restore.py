@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ipsolve.config import SOLVERS
+from ipsolve.config import CHOICE_OPTIONS, SOLVERS
 from ipsolve.services.values import device_name, folder_name, positive_float, positive_int, seed_int, unit_float
 
 EXIT_SOME_FAILED = 1  # a folder restore in which some measurements failed
@@ -71,6 +71,9 @@ def add_restore_command(commands):
     parser.add_argument("--eta", type=unit_float, help="eta of ddrm, ddnm (default 0.85) or pigdm (default 1.0)")
     parser.add_argument("--eta-b", type=unit_float, help="eta_b of ddrm (default 1.0)")
     parser.add_argument("--step-size", type=positive_float, metavar="Z", help="step size of dps (default 1.0)")
+    parser.add_argument("--weight", choices=CHOICE_OPTIONS["weight"],
+                        help="guidance weight of pigdm: code (default: the authors' released step), paper "
+                        "(Algorithm 1 as printed) or score (the score-space step); docs/algorithms.md")
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B",

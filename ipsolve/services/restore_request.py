@@ -46,6 +46,7 @@ class RestoreRequest:
     eta: float | None = None
     eta_b: float | None = None
     step_size: float | None = None
+    weight: str | None = None
     seed: int = 0
     batch: int = 1
     batch_size: int = 4
@@ -200,13 +201,14 @@ def read_checked(request: RestoreRequest, source, mask):
 
 
 def checked_solver_options(request: RestoreRequest) -> dict:
-    """The solver's options (eta, eta_b, step_size) as `ipsolve.restore.solver_options` takes them."""
+    """The solver's options (eta, eta_b, step_size, weight) as `ipsolve.restore.solver_options` takes them."""
     from ipsolve.restore import solver_options
 
     if request.vanilla and request.schedule is not None:
         raise ValueError("--schedule is for nested runs; --vanilla runs the plain solver: drop one of them")
     try:
-        return solver_options(request.solver, eta=request.eta, eta_b=request.eta_b, step_size=request.step_size)
+        return solver_options(request.solver, eta=request.eta, eta_b=request.eta_b, step_size=request.step_size,
+                              weight=request.weight)
     except ValueError:
         raise ValueError(f"--solver {request.solver} takes no {_given_flags(request, request.solver)}") from None
 
@@ -214,7 +216,7 @@ def checked_solver_options(request: RestoreRequest) -> dict:
 def _given_flags(request: RestoreRequest, solver) -> str:
     from ipsolve.config import SOLVER_OPTIONS
 
-    return ", ".join(f"--{name.replace('_', '-')}" for name in ("eta", "eta_b", "step_size")
+    return ", ".join(f"--{name.replace('_', '-')}" for name in ("eta", "eta_b", "step_size", "weight")
                      if getattr(request, name) is not None and name not in SOLVER_OPTIONS[solver])
 
 
