@@ -66,7 +66,7 @@ def test_every_valid_call_runs(work, capsys, name):
     assert code == 0, lines
 
 
-@pytest.mark.parametrize("call", mutants())
+@pytest.mark.parametrize("call", list(mutants()))
 def test_every_mutant_is_refused_in_one_line_and_writes_nothing(work, capsys, call):
     if call[1] == "in":
         call = [*call, "--task", "sr4"]
