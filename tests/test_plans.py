@@ -104,6 +104,14 @@ def test_a_folder_restore_writes_no_run_folder_over_its_input_folder_or_a_file(w
     assert "elsewhere/a is a file" in line
 
 
+def test_a_folder_restore_never_follows_a_link_out_of_out(work, capsys):
+    (work / "elsewhere").mkdir()
+    (work / "out").mkdir()
+    (work / "out" / "b").symlink_to(work / "elsewhere", target_is_directory=True)
+    line = refused(capsys, work, "restore", "in", *FAST, "--out", "out")
+    assert f"out/b leads outside out (to {work / 'elsewhere'})" in line
+
+
 # ---------------------------------------------------------------- runs with other settings into one folder
 
 def index(folder: Path) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ipsolve.services.batch_restore import BatchSettings, Reading
 from ipsolve.services.checks import one_line
 from ipsolve.services.folder_lock import LOCK_NAME
-from ipsolve.services.out_folder import check_run_folder, check_same_settings, check_spares_inputs
+from ipsolve.services.out_folder import check_confined, check_run_folder, check_same_settings, check_spares_inputs
 from ipsolve.services.run_folder import remove_written, stored_record
 
 INDEX_NAME = "index.csv"
@@ -64,6 +64,7 @@ def plan_folder_restore(request, options: dict) -> FolderRestorePlan:
         inputs = [request.measurement, request.mask, *files, *(sidecar_path(path) for path in files),
                   *(reading.measurement.op.spec().get("mask_path") for reading in readings if reading.measurement)]
         for path in files:
+            check_confined(out, out / path.stem)
             check_spares_inputs(out / path.stem, inputs)
             check_run_folder(out / path.stem)
         if (out / INDEX_NAME).resolve() in {Path(p).resolve() for p in filter(None, inputs)}:

@@ -1,6 +1,7 @@
 """What a run may write under --out, checked before anything is written.
 
-- names that become folders (a measurement's name in a folder restore) are plain names;
+- names that become folders (a measurement's name in a folder restore) are plain names, and the folders
+  lie inside --out once resolved;
 - no input (a measurement, its sidecar, its mask) is among the files a run writes or replaces;
 - a folder the run writes into is not in use by another run, and is a run folder of ipsolve or holds none
   of the names a run writes;
@@ -26,6 +27,12 @@ def plain_name(name: str, what: str) -> str:
         raise ValueError(f"{what} {name!r} is not a plain name (no separators, no . or .., nothing hidden): "
                          f"rename it")
     return name
+
+
+def check_confined(out, path) -> None:
+    """ValueError unless `path`, resolved, lies inside `out`, resolved (a link never leads a run elsewhere)."""
+    if Path(out).resolve() not in Path(path).resolve().parents:
+        raise ValueError(f"{path} leads outside {out} (to {Path(path).resolve()}): choose another --out")
 
 
 def check_spares_inputs(run_folder, inputs) -> None:
