@@ -41,7 +41,8 @@ def mutants():
             if position == 1 and name.startswith("restore"):
                 kind = "measurement"
             for value in WRONG.get(kind, []):
-                yield pytest.param([*call[:position], value, *call[position + 1:]], id=f"{name}: {call[position - 1]} {value!r}")
+                yield pytest.param([*call[:position], value, *call[position + 1:]],
+                                   id=f"{name}: {call[position - 1]} {value!r}")
             if word in KINDS:  # the flag given twice
                 yield pytest.param([*call, word, call[position + 1]], id=f"{name}: {word} twice")
 
