@@ -99,3 +99,57 @@ def test_the_one_allowed_edge_is_the_studio_command():
 ])
 def test_a_forbidden_import_is_caught_even_inside_a_function(module, source):
     assert violations(module, source, False)
+
+
+# ---------------------------------------------------------------- front-ends only build a plan and run it
+
+PLAN_COMMANDS = ("restore", "degrade", "generate")  # ipsolve/cli/NAME.py: `run_NAME` is the command
+PRESENTATION = ("ipsolve.services.values", "ipsolve.services.interrupts", "ipsolve.services.progress")
+PLAN_NAME = re.compile(r"plan_\w+|run_\w+_plan|\w+Request|\w+Plan")
+
+
+def service_names(source: str) -> set[tuple[str, str]]:
+    """(module, name) of every name a front-end imports from a service, at any depth."""
+    return {(node.module, alias.name) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ipsolve.services")
+            for alias in node.names}
+
+
+def calls_in_order(source: str, function: str) -> list[str]:
+    """The names `function` calls, in the order they are called (an argument's call ends first)."""
+    body = next(node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
+                and node.name == function)
+    calls = [node for node in ast.walk(body) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+    return [call.func.id for call in sorted(calls, key=lambda call: (call.end_lineno, call.end_col_offset))]
+
+
+def plan_violations(source: str, command: str) -> list[str]:
+    found = [f"imports {module}.{name}, neither a plan nor its run" for module, name in sorted(service_names(source))
+             if module not in PRESENTATION and not PLAN_NAME.fullmatch(name)]
+    calls = [name for name in calls_in_order(source, f"run_{command}") if PLAN_NAME.fullmatch(name)]
+    plans = [i for i, name in enumerate(calls) if name.startswith("plan_")]
+    runs = [i for i, name in enumerate(calls) if name.startswith("run_")]
+    if not plans:
+        found.append(f"run_{command} builds no plan")
+    elif runs and min(runs) < min(plans):
+        found.append(f"run_{command} runs before it plans")
+    return found
+
+
+@pytest.mark.parametrize("command", PLAN_COMMANDS)
+def test_a_command_only_builds_a_plan_and_runs_it(command):
+    """Every check lives in the plan (`plan_*`, nothing written); the front-end builds it, runs it
+    (`run_*_plan`) and shows what came of it."""
+    assert plan_violations((ROOT / f"ipsolve/cli/{command}.py").read_text(encoding="utf-8"), command) == []
+
+
+@pytest.mark.parametrize("source", [
+    "from ipsolve.services.degrade_file import degrade_file\ndef run_degrade(args):\n    degrade_file(args)\n",
+    "from ipsolve.services.checks import check_writable_folder\nfrom ipsolve.services.degrade_file import "
+    "plan_degrade, run_degrade_plan\ndef run_degrade(args):\n    check_writable_folder(args.o)\n"
+    "    run_degrade_plan(plan_degrade(args))\n",
+    "from ipsolve.services.degrade_file import plan_degrade, run_degrade_plan\ndef run_degrade(args):\n"
+    "    run_degrade_plan(args)\n    plan_degrade(args)\n",
+])
+def test_a_front_end_that_checks_or_writes_itself_is_caught(source):
+    assert plan_violations(source, "degrade")

@@ -229,7 +229,8 @@ def test_restore_exits_2_with_the_line_records_it_and_keeps_the_previews(measure
 def test_a_folder_restore_records_the_line_as_the_item_failure(measurements):
     done = ipsolve_run("restore", "in", "--solver", "dps", "--step-size", "1e30", "--outer", 4, "--inner", 1,
                        "--quiet", "--out", "run", cwd=measurements.parent)
-    assert done.returncode == 0 and "1 failed" in done.stdout, done.stderr
+    assert done.returncode == 1 and "1 failed" in done.stdout, done.stderr  # issue 19: some failed → 1
+    assert done.stderr == "ipsolve: 1 of 1 measurements failed: run/index.csv says why\n"
     out = measurements.parent / "run"
     with open(out / "index.csv") as index:
         (row,) = csv.DictReader(index)

@@ -207,8 +207,10 @@ def test_a_second_run_into_a_folder_in_use_fails_at_once_and_the_first_is_untouc
     second.close()
 
 
-def test_run_folder_draws_one_strip_row_per_sample_and_replaces_earlier_outputs(tmp_path):
+def test_run_folder_draws_one_strip_row_per_sample_and_replaces_only_what_the_earlier_run_recorded(tmp_path):
     (tmp_path / "preview_09_nfe099.png").write_bytes(b"stale")
+    (tmp_path / "run.json").write_text(json.dumps({"status": "done", "previews": [{"file": "preview_09_nfe099.png"}]}))
+    (tmp_path / "preview_08_nfe080.png").write_bytes(b"not recorded by that run")
     (tmp_path / "notes.txt").write_text("mine")
     folder = RunFolder(tmp_path)
     folder.start({})
@@ -216,6 +218,7 @@ def test_run_folder_draws_one_strip_row_per_sample_and_replaces_earlier_outputs(
         folder.add_preview(preview, elapsed_s=0.0)
     folder.finish({})
     assert not (tmp_path / "preview_09_nfe099.png").exists() and (tmp_path / "notes.txt").exists()
+    assert (tmp_path / "preview_08_nfe080.png").read_bytes() == b"not recorded by that run"
     tile_w, tile_h, line = 6 * 43, 4 * 43, FONT_SIZE + 6
     assert Image.open(tmp_path / "strip.png").size == (GAP + 3 * (tile_w + GAP), line + 2 * (tile_h + GAP))
     assert Image.open(tmp_path / "final.png").size == (2 * 8 + 2, 6 + 2)  # 2 samples: a 2-column grid

@@ -50,10 +50,27 @@ def main(argv=None) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message on stderr."""
+    """argparse with a one-line error message on stderr, refusing an option given twice (argparse would
+    silently keep the last value)."""
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"ipsolve: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        self._refuse_repeated(args)
+        return super().parse_known_args(args, namespace)
+
+    def _refuse_repeated(self, args) -> None:
+        seen = {}
+        for word in args:
+            if word == "--":
+                break
+            action = self._option_string_actions.get(word.partition("=")[0]) if word.startswith("-") else None
+            if isinstance(action, argparse._StoreAction):  # one value; repeatable options append
+                if action.dest in seen:
+                    self.error(f"{seen[action.dest]} is given twice: give it once")
+                seen[action.dest] = word.partition("=")[0]
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -25,11 +25,11 @@ def add_degrade_command(commands):
 
 
 def run_degrade(args) -> int:
-    """Validate everything, then write the measurement and its sidecar."""
-    from ipsolve.services.degrade_file import degrade_file
+    """Plan (everything checked, nothing written), then write the measurement and its sidecar."""
+    from ipsolve.services.degrade_file import plan_degrade, run_degrade_plan
 
-    made = degrade_file(args.image, args.output, args.task, args.sigma_y, seed=args.seed, mask=args.mask,
-                        size=args.size, gray=args.gray)
+    made = run_degrade_plan(plan_degrade(args.image, args.output, args.task, args.sigma_y, seed=args.seed,
+                                         mask=args.mask, size=args.size, gray=args.gray))
     print(f"{made.output}: {made.op.name} measurement of a {'x'.join(map(str, made.image_shape))} image, "
           f"sigma_y {args.sigma_y} pixel = {2 * args.sigma_y} model units")
     return 0

@@ -10,7 +10,8 @@ from ipsolve.generation import INNER_SAMPLERS
 from ipsolve.services.values import device_name, folder_name, guidance_scale, natural_int, positive_int, seed_int
 
 GENERATE_EPILOG = """\
-outputs in DIR (earlier ipsolve outputs there are replaced):
+outputs in DIR (a generation with the same settings replaces what an earlier one there recorded it
+wrote; a run with other settings is refused unless --overwrite; files no ipsolve run wrote are never replaced):
   preview_{step:02d}_nfe{nfe:03d}.png  the n candidates after each outer step, written the moment they exist
   final.png     the last preview;  strip.png  the previews side by side (one row per candidate)
   anytime.gif   the previews as an animation;  run.json  arguments, model, grids, feedback, NFE, seed
@@ -43,7 +44,9 @@ def add_generate_arguments(parser):
                         help="classifier-free guidance scale (default: 7.5 for Stable Diffusion, 1.5 for DiT)")
     parser.add_argument("--inner-sampler", choices=INNER_SAMPLERS,
                         help="inner sampler (default: ddim for Stable Diffusion and pixel models, ddpm for DiT)")
-    parser.add_argument("--budget", type=positive_int, metavar="NFE", help="stop after this many network calls")
+    parser.add_argument("--budget", type=positive_int, metavar="NFE",
+                        help="stop after this many network calls, shared over the inner runs that fit "
+                        "(none is cut short; from one inner run up to outer x inner; default outer x inner)")
     parser.add_argument("--pick", action="append", default=[], metavar="K:I,J",
                         help="after outer step K keep candidates I, J, … (repeatable)")
     parser.add_argument("--picks", metavar="FILE", help='JSON file of picks, like {"2": [0, 3]}')
@@ -54,17 +57,21 @@ def add_generate_arguments(parser):
     parser.add_argument("--interactive", action="store_true",
                         help="after each outer step, ask at the terminal which candidates to keep")
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="when DIR holds a run with other settings, replace what that run recorded it wrote")
     parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_generate(args) -> int:
-    """Validate everything, then sample, writing every preview as it comes; return the exit code."""
-    from ipsolve.services.generate_run import GenerateRequest, run_generation
+    """Plan (everything checked, nothing written), then sample, writing every preview as it comes; return
+    the exit code."""
+    from ipsolve.services.generate_run import GenerateRequest, plan_generation, run_generation_plan
     from ipsolve.services.interrupts import exit_code_for
 
-    request = GenerateRequest.from_options(args)
-    result = run_generation(request)
+    plan = plan_generation(GenerateRequest.from_options(args))
+    request = plan.request
+    result = run_generation_plan(plan)
     folder = result.folder
     if result.interrupt is not None:
         print(f"ipsolve: interrupted after NFE {result.nfe}: "

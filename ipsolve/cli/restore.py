@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ipsolve.config import CHOICE_OPTIONS, SOLVERS
 from ipsolve.services.values import device_name, folder_name, positive_float, positive_int, seed_int, unit_float
+
+EXIT_SOME_FAILED = 1  # a folder restore in which some measurements failed
 
 RESTORE_EPILOG = """\
 the measurement's sidecar (MEASUREMENT.json, written by `ipsolve degrade`) says how it was made:
   task, noise level and mask come from it, and --task / --sigma-y / --mask may only repeat what it
   says (a disagreement is an error: to restore under other assumptions, copy the image without its
   sidecar and give them). Without a sidecar, --task is needed (and --mask for inpainting).
-outputs in DIR (one run at a time; earlier ipsolve outputs there are replaced):
+outputs in DIR (one run at a time; a restore with the same settings replaces what an earlier one there
+recorded it wrote; a run with other settings is refused unless --overwrite; files no ipsolve run wrote
+are never replaced, nor any input):
   preview_{step:02d}_nfe{nfe:03d}.png  every anytime image, written the moment it exists
   final.png     the last preview (a grid of samples with --batch)
   strip.png     the measurement, then the previews labelled with their NFE (and PSNR for the shipped
@@ -23,6 +26,8 @@ outputs in DIR (one run at a time; earlier ipsolve outputs there are replaced):
   run.json      arguments, model, task, sigma_y in both units, seed, NFE per preview, time, version,
                 status (running / done / interrupted / failed): it always says how far the run got
 Ctrl-C or SIGTERM stops the run and keeps the latest preview as final.png (exit code 130 / 143).
+exit codes: 0 all done; 1 a folder in which some measurements failed (index.csv says why); 2 refused
+before anything is written (bad input, or a folder in which none can be restored).
 Work that cannot fit (memory, more steps than the model's timesteps) is refused up front; --force runs it.
 MEASUREMENT `example` (or `example:inp`) is a digit shipped with ipsolve; try
   ipsolve restore example --model embedded --outer 4 --inner 5 --out out/
@@ -77,29 +82,30 @@ def add_restore_command(commands):
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--vanilla", action="store_true",
                         help="the plain solver with the same budget; its x0 predictions at the same NFE as previews")
+    parser.add_argument("--overwrite", action="store_true", help="when --out holds a run with other settings, "
+                        "remove what that run recorded it wrote, then restore")
     parser.add_argument("--force", action="store_true", help="run even when the estimate says it cannot fit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_restore)
 
 
 def run_restore(args) -> int:
-    """Validate everything, then restore with a progress bar, writing every preview as it comes."""
-    from ipsolve.services.restore_request import RestoreRequest
+    """Plan (everything checked, nothing written), then restore with a progress bar, writing every preview
+    as it comes."""
+    from ipsolve.services.restore_request import RestorePlan, RestoreRequest, plan_restore
 
-    request = RestoreRequest.from_options(args)
-    if Path(request.measurement).is_dir():
-        return run_restore_folder(request)
+    plan = plan_restore(RestoreRequest.from_options(args))
+    if not isinstance(plan, RestorePlan):
+        return run_restore_folder(plan)
 
     from ipsolve.services.interrupts import exit_code_for
     from ipsolve.services.progress import RunProgress
-    from ipsolve.services.restore_request import example_clean, restore_inputs, run_restore_request
+    from ipsolve.services.restore_request import run_restore_plan
 
-    inputs = restore_inputs(request)
-    progress = RunProgress(inputs.marks[-1], "restore", enabled=not request.quiet)
+    progress = RunProgress(plan.inputs.marks[-1], "restore", enabled=not plan.request.quiet)
     try:
-        result = run_restore_request(request, inputs, clean=example_clean(inputs.source),
-                                     on_preview=lambda preview, path: progress.preview(preview.step),
-                                     on_nfe=progress.nfe)
+        result = run_restore_plan(plan, on_preview=lambda preview, path: progress.preview(preview.step),
+                                  on_nfe=progress.nfe)
     finally:
         progress.close()
     folder, nfe = result.folder, result.nfe
@@ -112,14 +118,19 @@ def run_restore(args) -> int:
     return 0
 
 
-def run_restore_folder(request) -> int:
-    """`ipsolve restore DIR --out OUT`: every measurement of DIR, one run folder each plus OUT/index.csv."""
-    from ipsolve.services.restore_request import restore_measurement_folder
+def run_restore_folder(plan) -> int:
+    """`ipsolve restore DIR --out OUT`: run the plan of every measurement of DIR (one run folder each plus
+    OUT/index.csv); exit 1 when some failed."""
+    from ipsolve.services.folder_restore import run_folder_plan
 
-    jobs = restore_measurement_folder(request)
+    jobs = run_folder_plan(plan)
     if jobs is None:  # a worker process other than the main one
         return 0
     counts = {status: sum(job.status.startswith(status) for job in jobs) for status in ("done", "reused", "failed")}
-    print(f"{Path(request.out) / 'index.csv'}: {len(jobs)} measurements, {counts['done']} restored, "
+    index = plan.out / "index.csv"
+    print(f"{index}: {len(jobs)} measurements, {counts['done']} restored, "
           f"{counts['reused']} reused, {counts['failed']} failed")
+    if counts["failed"]:
+        print(f"ipsolve: {counts['failed']} of {len(jobs)} measurements failed: {index} says why", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return 0

@@ -10,9 +10,10 @@ i = r, r+K, …).
 Outputs: OUT/NAME/ (NAME = the file's stem) is the run folder `ipsolve restore` writes for that image,
 its run.json holding `key`, the fingerprint of what produced it (the measurement, sidecar and mask bytes,
 the model's weights, the solver and its options, steps, budget, the image's seed, the ipsolve version).
-A rerun reuses a finished image only when its key is unchanged. OUT/index.csv (written by rank 0 at the
-end): source, task, NFE, seconds, status — `done`, `reused`, `failed: reason` — one bad file never stops
-the others.
+A rerun reuses a finished image only when its key is unchanged. `read_measurements` reads every file
+before anything is written (`folder_restore` plans with it); `restore_folder` then runs. OUT/index.csv
+(written by rank 0 at the end): source, task, NFE, seconds, status — `done`, `reused`, `failed: reason`
+— one bad file never stops the others.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -31,22 +33,35 @@ from ipsolve.imageio import atomic_path
 from ipsolve.restore import Preview, restore_batch
 from ipsolve.services.checks import one_line
 from ipsolve.services.progress import CountProgress
-from ipsolve.services.run_folder import RunFolder, record_failure
+from ipsolve.services.out_folder import plain_name
+from ipsolve.services.run_folder import RunFolder, record_failure, stored_record
 
 INDEX_COLUMNS = ("index", "source", "task", "nfe", "seconds", "status", "folder")
 
 
 def list_measurements(folder) -> list[Path]:
-    """The measurement images of `folder` sorted by name (mask files excluded)."""
+    """The measurement images of `folder` sorted by name (mask files excluded); each name (the file's
+    stem) names its run folder under --out, so it must be a plain name."""
     files = sorted(p for p in Path(folder).iterdir()
                    if p.is_file() and p.suffix.lower() == ".png" and not p.name.lower().endswith(".mask.png"))
     if not files:
         raise ValueError(f"{folder} holds no .png measurement")
+    for path in files:
+        plain_name(path.stem, f"{path}: its run folder")
     names = [p.stem for p in files]
     twins = sorted({name for name in names if names.count(name) > 1})
     if twins:
         raise ValueError(f"{folder}: several measurements are named {twins[0]} (case aside): rename them")
     return files
+
+
+class Reading(NamedTuple):
+    """One measurement of the folder as read before anything is written."""
+    index: int
+    source: Path
+    measurement: object       # ipsolve.measurement.Measurement, or None when it cannot be restored
+    key: str                  # `job_key`, "" when unread
+    error: Exception | None   # why it cannot be restored
 
 
 @dataclass
@@ -80,44 +95,47 @@ class BatchSettings:
                 "options": self.options, "vanilla": self.vanilla, "seed": self.seed, "schedule": self.schedule}
 
 
-def job_key(job: Job, settings: BatchSettings, model_key: str) -> str:
-    """The fingerprint of what produces `job`'s result: its files' bytes, the model and the settings."""
-    source = job.source
+def job_key(index: int, source: Path, measurement, settings: BatchSettings, model_key: str) -> str:
+    """The fingerprint of what produces a result: the measurement's files' bytes, the model and the settings."""
     inputs = [source, Path(f"{source}.json")]
-    mask = job.measurement.op.spec().get("mask_path") if job.measurement is not None else None
+    mask = measurement.op.spec().get("mask_path")
     inputs += [Path(mask)] if mask else []
     return provenance.fingerprint({
         "ipsolve": ipsolve.__version__, "model": model_key, "settings": settings.as_dict(),
         "files": [provenance.file_fingerprint(p) if p.is_file() else None for p in inputs],
-        "operator": job.measurement.op.spec(), "sigma_y": float(job.measurement.sigma_y),
-        "seed": distributed.image_seed(settings.seed, job.index)})
+        "operator": measurement.op.spec(), "sigma_y": float(measurement.sigma_y),
+        "seed": distributed.image_seed(settings.seed, index)})
 
 
-def stored_record(folder: Path) -> dict:
-    """The run.json of `folder` ({} when missing or unreadable)."""
-    try:
-        return json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def restore_folder(folder, out, model, read, settings: BatchSettings, *, batch_size: int = 4,
-                   workers: distributed.Workers | None = None, progress: bool = True) -> list[Job]:
-    """Restore this process's share of the measurements of `folder` into `out`; return every job of the
-    folder (rank 0) after writing OUT/index.csv. `read(path)` reads one measurement (raising ValueError /
-    OSError for a bad file)."""
-    workers = workers or distributed.Workers()
-    files = list_measurements(folder)
-    out = Path(out)
+def read_measurements(files: list[Path], read, settings: BatchSettings, model) -> tuple[Reading, ...]:
+    """Every file read with `read(path)` (ValueError / OSError for a bad one, kept as its reading's error);
+    nothing is written."""
     model_key = provenance.model_fingerprint(model)
-    jobs = [Job(index, files[index]) for index in workers.shard(len(files))]
-    for job in jobs:
+    readings = []
+    for index, source in enumerate(files):
         try:
-            job.measurement = read(job.source)
-            job.task, job.key = job.measurement.op.name, job_key(job, settings, model_key)
+            measurement = read(source)
+            readings.append(Reading(index, source, measurement,
+                                    job_key(index, source, measurement, settings, model_key), None))
         except (ValueError, OSError) as error:
-            _fail_alone(job, out, error)
+            readings.append(Reading(index, source, None, "", error))
+    return tuple(readings)
+
+
+def restore_folder(readings, out, model, settings: BatchSettings, *, batch_size: int = 4,
+                   workers: distributed.Workers | None = None, progress: bool = True) -> list[Job]:
+    """Restore this process's share of `readings` (`read_measurements`) into `out`; return every job of
+    the folder (rank 0) after writing OUT/index.csv."""
+    workers = workers or distributed.Workers()
+    out = Path(out)
+    jobs = []
+    for reading in (readings[index] for index in workers.shard(len(readings))):
+        job = Job(reading.index, reading.source, reading.measurement, key=reading.key)
+        jobs.append(job)
+        if reading.error is not None:
+            _fail_alone(job, out, reading.error)
             continue
+        job.task = reading.measurement.op.name
         stored = stored_record(out / job.source.stem)
         if stored.get("status") == "done" and stored.get("key") == job.key:
             job.status, job.nfe, job.seconds = "reused", stored.get("nfe", 0), stored.get("elapsed_s", 0.0)
@@ -130,7 +148,7 @@ def restore_folder(folder, out, model, read, settings: BatchSettings, *, batch_s
     workers.barrier()
     if not workers.is_main:
         return jobs
-    every = _read_back(files, out, jobs)
+    every = _read_back([reading.source for reading in readings], out, jobs)
     write_index(out / "index.csv", every)
     return every
 

@@ -6,7 +6,9 @@ into `ipsolve: error: …` and exit code 2, the studio shows it on the page.
 """
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 
 
@@ -35,6 +37,29 @@ def check_writable_folder(path) -> None:
         raise ValueError(f"cannot write to {path}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write to {path}: {existing} is not writable")
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """ValueError unless a server can listen on `host`:`port` (resolved, local, free): a socket is bound
+    there and closed again."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, socket.gaierror) else str(error)
+        raise ValueError(f"--host {host}: cannot find this address ({reason}): give a name or address of "
+                         f"this machine, such as 127.0.0.1") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reasons = {errno.EADDRINUSE: f"--port {port} is in use on {host} by another program: "
+                                         f"choose another --port",
+                       errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine: "
+                                            f"give one of its names or addresses, such as 127.0.0.1",
+                       errno.EACCES: f"--port {port} on {host} needs more rights than this user has: "
+                                     f"choose a port above 1023"}
+            raise ValueError(reasons.get(error.errno, f"cannot listen on {host}:{port}: {error.strerror}")) from None
 
 
 def one_line(error: Exception) -> str:

@@ -41,12 +41,27 @@ def folder_lock(folder, enabled: bool = True):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOCK_NAME, "a+") as handle:
         if not _try_lock(handle):
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ValueError(f"{folder} is in use by another ipsolve run ({holder}): wait for it to end "
-                             f"or choose another output folder")
+            raise _in_use(folder, handle)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         yield
+
+
+def check_free(folder) -> None:
+    """ValueError when another run holds `folder`'s lock now; creates nothing."""
+    try:
+        handle = open(Path(folder) / LOCK_NAME, "r+")
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with handle:
+        if not _try_lock(handle):
+            raise _in_use(folder, handle)
+
+
+def _in_use(folder, handle) -> ValueError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    return ValueError(f"{folder} is in use by another ipsolve run ({holder}): wait for it to end "
+                      f"or choose another output folder")

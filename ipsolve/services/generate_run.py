@@ -1,10 +1,10 @@
 """Nested generation into a run folder: the service behind `ipsolve generate` and the studio's Generate tab.
 
 `GenerateRequest` holds the options of a generation (the fields, names and defaults of `ipsolve
-generate`'s arguments). `run_generation(request)` checks them, loads the model, samples with
-`ipsolve.generation.generate` applying human feedback (`ipsolve.feedback`: --pick / --picks, --prompt-at /
---class-at, --interactive) and writes the run folder: every preview the moment it exists, final.png,
-strip.png, anytime.gif and run.json (`run_record`). The studio drives the same pieces step by step
+generate`'s arguments). `plan_generation(request)` checks them and loads the model into a `GeneratePlan`
+(nothing written); `run_generation_plan(plan)` samples with `ipsolve.generation.generate` applying human
+feedback (`ipsolve.feedback`: --pick / --picks, --prompt-at / --class-at, --interactive) and writes the run
+folder: every preview the moment it exists, final.png, strip.png, anytime.gif and run.json (`run_record`). The studio drives the same pieces step by step
 (`conditioning`, `write_preview`, `run_record`).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ipsolve.feedback import Feedback, TerminalPrompt, load_picks, merge_picks, 
 from ipsolve.generation import PRESETS, generate, model_family, to_images
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, frozen=True)
 class GenerateRequest:
     """The options of one generation, as `ipsolve generate` takes them: same names, same defaults, in the
     order of its arguments (run.json records them as `arguments`). prompt_at / class_at: [[K, TEXT], …]."""
@@ -43,6 +43,7 @@ class GenerateRequest:
     class_at: list = field(default_factory=list)
     interactive: bool = False
     device: str | None = None
+    overwrite: bool = False
     force: bool = False
     quiet: bool = False
 
@@ -68,19 +69,38 @@ def write_preview(folder, model, preview, elapsed_s):
     return images
 
 
-def run_generation(request: GenerateRequest) -> GenerateResult:
-    """Validate everything, then sample, writing every preview as it comes (a progress bar unless quiet)."""
+@dataclass(frozen=True)
+class GeneratePlan:
+    """`ipsolve generate` checked and loaded (`plan_generation`): `run_generation_plan` only runs it."""
+    request: GenerateRequest
+    model: object
+    device: object          # torch.device
+    family: str             # generation.model_family
+    cond: object            # the model's conditioning, None when unconditional
+    encode: object          # conditioning of a prompt / class, or None
+    parse_cond: object      # text typed at --interactive → what `encode` takes
+    schedule: dict          # {K: conditioning after outer step K} (--prompt-at / --class-at)
+    picks: dict             # {K: candidates kept after outer step K} (--pick / --picks)
+
+
+def plan_generation(request: GenerateRequest) -> GeneratePlan:
+    """Everything checked and loaded — the budget rule of restore, feedback, the output folder, the model,
+    what fits, the conditioning — or ValueError / OSError (one line). Nothing is written."""
     from ipsolve.models import load_model
     from ipsolve.resources import check_fits, check_steps
+    from ipsolve.restore import check_schedule
     from ipsolve.services.checks import check_writable_folder, resolve_device
-    from ipsolve.services.interrupts import deferred_interrupt
-    from ipsolve.services.progress import RunProgress
-    from ipsolve.services.run_folder import RunFolder, record_failure
+    from ipsolve.services.out_folder import check_earlier_run, check_run_folder, check_spares_inputs
 
+    check_schedule(request.outer, request.inner, request.budget)  # restore's budget rule
     if request.interactive and not sys.stdin.isatty():
         raise ValueError("--interactive needs a terminal on stdin; in scripts use --pick or --picks")
     picks = merge_picks(parse_pick_rules(request.pick), load_picks(request.picks) if request.picks else {})
     check_writable_folder(request.out)
+    check_spares_inputs(request.out, [request.picks])
+    check_run_folder(request.out)
+    if not request.overwrite:
+        check_earlier_run(request.out, "a generation", dataclasses.asdict(request), ignored={"interactive"})
 
     device = resolve_device(request.device)
     model = load_model(request.model, device=device)
@@ -88,19 +108,36 @@ def run_generation(request: GenerateRequest) -> GenerateResult:
     check_fits(model, tuple(model.image_shape), request.n, device, force=request.force)
     family = model_family(model)
     cond, encode, parse_cond, schedule = conditioning(request, model, family)
+    with torch.no_grad():  # the grids the run will have, for the feedback's steps
+        steps = len(_sampling(request, model, cond, device).outer_timesteps)
+    Feedback(picks, schedule, encode).check(steps, request.n)
+    return GeneratePlan(request, model, device, family, cond, encode, parse_cond, schedule, picks)
+
+
+def _sampling(request: GenerateRequest, model, cond, device, callback=None):
+    """The nested run `request` asks for (`generation.generate`), its noise drawn from the request's seed."""
+    return generate(model, request.outer, request.inner, request.n, cond=cond, guidance=request.guidance,
+                    inner=request.inner_sampler, budget=request.budget,
+                    generator=torch.Generator(device).manual_seed(request.seed), callback=callback)
+
+
+def run_generation_plan(plan: GeneratePlan) -> GenerateResult:
+    """Sample as `plan` says, writing every preview as it comes (a progress bar unless quiet) and applying
+    the feedback after each outer step."""
+    from ipsolve.services.interrupts import deferred_interrupt
+    from ipsolve.services.progress import RunProgress
+    from ipsolve.services.run_folder import RunFolder, record_failure
+
+    request, model, device, family = plan.request, plan.model, plan.device, plan.family
     ask = None
     if request.interactive:
-        ask = TerminalPrompt({"sd": "prompt", "dit": "class"}.get(family), parse_cond,
+        ask = TerminalPrompt({"sd": "prompt", "dit": "class"}.get(family), plan.parse_cond,
                              read=input, write=lambda text: print(text, file=sys.stderr))
-    feedback = Feedback(picks, schedule, encode, ask)
+    feedback = Feedback(plan.picks, plan.schedule, plan.encode, ask)
 
     folder = RunFolder(request.out)
     with torch.no_grad():
-        run = generate(model, request.outer, request.inner, request.n, cond=cond, guidance=request.guidance,
-                       inner=request.inner_sampler, budget=request.budget,
-                       generator=torch.Generator(device).manual_seed(request.seed),
-                       callback=lambda info: progress.nfe(info["nfe"]))
-        feedback.check(len(run.outer_timesteps), request.n)
+        run = _sampling(request, model, plan.cond, device, callback=lambda info: progress.nfe(info["nfe"]))
         start = time.perf_counter()
         folder.start(run_record(request, model, family, run, feedback, str(device), False, 0.0))
         progress = RunProgress(run.total_nfe, "generate", enabled=not (request.quiet or request.interactive))

@@ -3,11 +3,13 @@ studio's Restore tab.
 
 `RestoreRequest` holds the options of a restore (the fields, names and defaults of `ipsolve restore`'s
 arguments; noise in [0, 1] pixel units). `restore_inputs(request)` checks them all — schedule, solver
-options, the measurement and its sidecar, the output folder, the model, what fits — before anything is
-written, and hands back the loaded `RestoreInputs` (the model from `ipsolve.models.load_model`, or from
-the caller's `load_model`: the studio's models are loaded once); `run_restore_request(request, inputs, …)` then runs
-`restore_run.run_restore_job` with run.json's record (`run_record`). `restore_measurement_folder(request)`
-does the same for every measurement of a folder (`batch_restore`).
+options, the measurement and its sidecar, the output folder (no input among its files, no file no run
+wrote, an earlier run's settings: `out_folder`), the model, what fits — before anything is written, and
+hands back the loaded `RestoreInputs` (the model from `ipsolve.models.load_model`, or from the caller's
+`load_model`: the studio's models are loaded once); `run_restore_request(request, inputs, …)` then runs
+`restore_run.run_restore_job` with run.json's record (`run_record`). `plan_restore(request)` makes the
+one plan of `ipsolve restore`: a `RestorePlan` for a file (run by `run_restore_plan`), or for a folder
+the `folder_restore.FolderRestorePlan` of every measurement in it (`plan_measurement_folder`).
 
 Bad input raises ValueError / OSError with one line naming the command line's options (--task, --mask, …).
 """
@@ -25,7 +27,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 EXAMPLE_CLEAN = EXAMPLES / "digit_clean.png"  # the clean digit every shipped example was degraded from
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, frozen=True)
 class RestoreRequest:
     """The options of one restore, as `ipsolve restore` takes them: same names, same defaults, in the
     order of its arguments (run.json records them as `arguments`). measurement: a file, `example[:TASK]`
@@ -51,6 +53,7 @@ class RestoreRequest:
     out: str
     device: str | None = None
     vanilla: bool = False
+    overwrite: bool = False
     force: bool = False
     quiet: bool = False
 
@@ -85,14 +88,21 @@ def restore_inputs(request: RestoreRequest, load_model=None) -> RestoreInputs:
     check_writable_folder(request.out)
 
     from ipsolve.resources import check_fits  # after the quick checks above: slow imports
+    from ipsolve.measurement import sidecar_path
     from ipsolve.restore import check_model_fits, preview_marks
+    from ipsolve.services.out_folder import check_earlier_run, check_run_folder, check_spares_inputs
 
     if load_model is None:
         from ipsolve.models import load_model
     measurement, mask = read_checked(request, source, mask)
+    check_spares_inputs(request.out, [source, sidecar_path(source), mask])
+    check_run_folder(request.out)
+    if not request.overwrite:
+        check_earlier_run(request.out, "a restore", dataclasses.asdict(request), measurement=str(source.resolve()),
+                          ignored={"measurement", "batch_size"}, defaults={"schedule": "matched"})
     device = resolve_device(request.device)
     model = load_model(request.model, device)
-    _check_runs_on(model, request)
+    check_runs_on(model, request)
     check_model_fits(model, tuple(measurement.op.input_shape), device)
     check_fits(model, tuple(measurement.op.input_shape), request.batch, device, force=request.force)
     measurement = measurement._replace(y=measurement.y.to(device))
@@ -117,39 +127,45 @@ def example_clean(source):
     return load_image(EXAMPLE_CLEAN) if Path(source).parent == EXAMPLES else None
 
 
-def restore_measurement_folder(request: RestoreRequest):
-    """Every measurement of the folder `request.measurement`, one run folder each plus OUT/index.csv;
-    the jobs (`batch_restore.Job`), or None on a worker process that is not the main one."""
-    from ipsolve import distributed
-    from ipsolve.models import load_model
-    from ipsolve.resources import check_fits
+@dataclass(frozen=True)
+class RestorePlan:
+    """`ipsolve restore FILE` checked and loaded (`plan_restore`): `run_restore_plan` only runs it."""
+    request: RestoreRequest
+    inputs: RestoreInputs
+    clean: object  # the clean image of a shipped example (the strip then shows PSNR), else None
+
+
+def plan_restore(request: RestoreRequest):
+    """The plan of `request`: a `RestorePlan` for a file, a `folder_restore.FolderRestorePlan` for a folder;
+    ValueError / OSError (one line) when it cannot run. Nothing is written."""
+    if Path(request.measurement).is_dir():
+        return plan_measurement_folder(request)
+    inputs = restore_inputs(request)
+    return RestorePlan(request, inputs, example_clean(inputs.source))
+
+
+def run_restore_plan(plan: RestorePlan, *, on_preview=None, on_nfe=None):
+    """Run a file's `plan` (`run_restore_request`); its RestoreResult."""
+    return run_restore_request(plan.request, plan.inputs, clean=plan.clean, on_preview=on_preview, on_nfe=on_nfe)
+
+
+def plan_measurement_folder(request: RestoreRequest):
+    """The `folder_restore.FolderRestorePlan` of a request whose measurement is a folder: one run folder
+    per measurement plus OUT/index.csv (`folder_restore.run_folder_plan` runs it)."""
     from ipsolve.restore import check_schedule
-    from ipsolve.services.batch_restore import BatchSettings, list_measurements, restore_folder
+    from ipsolve.services.folder_restore import plan_folder_restore
 
     check_schedule(request.outer, request.inner, request.budget)
     if request.batch != 1:
         raise ValueError("--batch (samples per input) is for one measurement; with a folder use --batch-size")
     options = checked_solver_options(request)
-    mask = None if request.mask is None else str(existing_file(request.mask, "mask"))
-    list_measurements(request.measurement)
+    if request.mask is not None:
+        existing_file(request.mask, "mask")
     check_writable_folder(request.out)
-    workers = distributed.start(request.device)
-    try:
-        model = load_model(request.model, device=workers.device)
-        _check_runs_on(model, request)
-        if getattr(model, "image_shape", None):
-            check_fits(model, tuple(model.image_shape), request.batch_size, workers.device, force=request.force)
-        settings = BatchSettings(request.outer, request.inner, request.budget, request.solver, options,
-                                 request.vanilla, request.seed, request.model, request.schedule)
-        jobs = restore_folder(request.measurement, request.out, model,
-                              lambda path: read_for(request, path, mask, model, workers.device), settings,
-                              batch_size=request.batch_size, workers=workers, progress=not request.quiet)
-    finally:
-        distributed.stop(workers)
-    return jobs if workers.is_main else None
+    return plan_folder_restore(request, options)
 
 
-def _check_runs_on(model, request: RestoreRequest) -> None:
+def check_runs_on(model, request: RestoreRequest) -> None:
     """ValueError unless `model` can take the request's steps (its timesteps) and, for a nested run, its plan."""
     from ipsolve.resources import check_steps
     from ipsolve.restore import check_plan

@@ -7,13 +7,16 @@ animation (`anytime.gif`, one preview a frame) and the run record (`run.json`). 
 atomically, so a user can watch the folder while the run goes on.
 
 One run at a time: `start` locks the folder (a second run into it fails at once with one line), removes
-what an earlier run left and writes run.json with `"status": "running"`; every preview rewrites it, so
-after any failure (a full disk, a crash) run.json still says how far the run got.
+the files an earlier run's run.json says it wrote (`written_files`; nothing else) and writes run.json with
+`"status": "running"`; every preview rewrites it, so after any failure (a full disk, a crash) run.json
+still says how far the run got: a preview whose record cannot be written is removed again, so run.json
+always names the last preview on disk.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -23,7 +26,25 @@ from ipsolve.services.folder_lock import folder_lock
 from ipsolve.imageio import atomic_path, from_model, save_gif, save_image, save_picture
 from ipsolve.metrics import psnr
 
-EARLIER_OUTPUTS = ("preview_*_nfe*.png", "final.png", "strip.png", "anytime.gif", "run.json")
+OUTPUT_PATTERNS = ("preview_*_nfe*.png", "final.png", "strip.png", "anytime.gif", "run.json")
+FINISHED_FILES = ("final.png", "strip.png", "anytime.gif")  # written by `finish` when there are previews
+
+
+def stored_record(folder) -> dict:
+    """The run.json of `folder` ({} when missing, unreadable or not a record)."""
+    try:
+        record = json.loads((Path(folder) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def written_files(record: dict) -> list[str]:
+    """The names of the files the run of `record` (a run.json) says it wrote in its folder."""
+    previews = [p["file"] for p in record.get("previews", []) if isinstance(p, dict) and isinstance(p.get("file"), str)]
+    previews = [name for name in previews if fnmatch(name, OUTPUT_PATTERNS[0]) and "/" not in name]
+    finished = list(FINISHED_FILES) if previews and record.get("status") in ("done", "interrupted") else []
+    return [*previews, *finished, "run.json"] if record else []
 
 
 class RunFolder:
@@ -40,19 +61,17 @@ class RunFolder:
         self._lock = contextlib.ExitStack()
 
     def start(self, record: dict) -> None:
-        """Lock the folder (ValueError if another run holds it), remove an earlier run's outputs and
-        write run.json = `record` with status "running"."""
+        """Lock the folder (ValueError if another run holds it), remove the files an earlier run recorded
+        it wrote and write run.json = `record` with status "running"."""
         self._lock.enter_context(folder_lock(self.path))
-        for pattern in EARLIER_OUTPUTS:
-            for earlier in self.path.glob(pattern):
-                earlier.unlink()
-        self.record = {**record, "status": "running"}
-        self._write_record()
+        remove_written(self.path)
+        self.update(**{**record, "status": "running"})
 
     def update(self, **fields) -> None:
         """Rewrite run.json with `fields` changed (how far the run got, an error)."""
-        self.record.update(fields)
-        self._write_record()
+        record = {**self.record, **fields}
+        self._write_record(record)
+        self.record = record  # only once it is on disk
 
     def close(self) -> None:
         """Release the folder (also after an error)."""
@@ -63,10 +82,15 @@ class RunFolder:
         image = from_model(preview.x0).detach().to("cpu", torch.float32).clamp(0, 1)
         path = self.path / f"preview_{preview.step:02d}_nfe{preview.nfe:03d}.png"
         save_image(image[0] if len(image) == 1 else image, path)
-        self.frames.append(image)
         self.previews.append({"step": preview.step, "nfe": preview.nfe, "file": path.name,
                               "elapsed_s": round(elapsed_s, 3)})
-        self.update(nfe=preview.nfe, elapsed_s=round(elapsed_s, 3))
+        try:
+            self.update(nfe=preview.nfe, elapsed_s=round(elapsed_s, 3))
+        except OSError:  # run.json cannot say it (a full disk): the preview goes, so the two agree
+            self.previews.pop()
+            path.unlink(missing_ok=True)
+            raise
+        self.frames.append(image)
         return path
 
     def finish(self, record: dict) -> None:
@@ -80,14 +104,19 @@ class RunFolder:
                                                      for frame in self.frames]
             save_picture(anytime_strip(self.measurement, self.frames, nfes, psnrs), self.path / "strip.png")
             save_gif(anytime_frames(self.measurement, self.frames, nfes, psnrs), self.path / "anytime.gif")
-        status = "interrupted" if record.get("interrupted") else "done"
-        self.record = {**self.record, **record, "status": status}
-        self._write_record()
+        self.update(**{**record, "status": "interrupted" if record.get("interrupted") else "done"})
         self.close()
 
-    def _write_record(self) -> None:
+    def _write_record(self, record: dict) -> None:
         with atomic_path(self.path / "run.json") as tmp:
-            Path(tmp).write_text(json.dumps({**self.record, "previews": self.previews}, indent=2) + "\n")
+            Path(tmp).write_text(json.dumps({**record, "previews": self.previews}, indent=2) + "\n")
+
+
+def remove_written(folder) -> None:
+    """Remove the files the run recorded in `folder`'s run.json says it wrote (nothing else)."""
+    folder = Path(folder)
+    for name in written_files(stored_record(folder)):
+        (folder / name).unlink(missing_ok=True)
 
 
 def record_failure(folder: RunFolder, error: Exception) -> None:

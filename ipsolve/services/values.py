@@ -23,6 +23,10 @@ def positive_float(text):
     return number(text, float, lambda value: 0 < value < float("inf"), "a positive number")
 
 
+def port_number(text):
+    return number(text, int, lambda value: 1 <= value <= 65535, "a port number from 1 to 65535")
+
+
 def natural_int(text):
     return number(text, int, lambda value: value >= 0, "a non-negative integer")
 

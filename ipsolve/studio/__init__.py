@@ -22,14 +22,14 @@ anywhere: analytics, update checks and share links are off.
 
 def add_studio_arguments(parser):
     """The options of `ipsolve studio`."""
-    from ipsolve.services.values import device_name, folder_name, positive_int
+    from ipsolve.services.values import device_name, folder_name, port_number
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = STUDIO_EPILOG
     parser.add_argument("--model", action="append", metavar="NAME",
                         help="a model the page offers (repeatable): embedded (default), gaussian:CxHxW, "
                         "a checkpoint or diffusers folder, sd15 / dit when their weights exist")
-    parser.add_argument("--port", type=positive_int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--port", type=port_number, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                         "machine only)")
     parser.add_argument("--runs", type=folder_name, default="studio-runs", metavar="DIR",
@@ -42,9 +42,10 @@ def run_studio_command(args) -> int:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "2")  # a closed tab is noticed (and its run stopped) in ~2 s
-    from ipsolve.services.checks import check_writable_folder, resolve_device
+    from ipsolve.services.checks import check_listen_address, check_writable_folder, resolve_device
     from ipsolve.models import load_model
 
+    check_listen_address(args.host, args.port)  # before gradio, which would report another program's page
     models = list(dict.fromkeys(args.model or ["embedded"]))
     check_writable_folder(args.runs)
     device = resolve_device(args.device)
