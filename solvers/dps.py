@@ -13,13 +13,15 @@ from .ddpm import ancestral_step
 
 
 def dps(model, y, forward, timesteps, step_size: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
-        cond=None):
+        cond=None, clip_x0: bool = True):
     """Restore x₀ from y = A(x₀) + noise with DPS; return x at t = 0 (x̂₀ of the last call, guided).
 
     forward: an operator (its .H is A) or any differentiable callable images → measurements. x_T is the
     state at timesteps[0] (None: standard normal noise, shaped by forward.input_shape). Ancestral steps use
     the model's learned variance when it has one, else β̃ (fixed small). Exactly len(timesteps) model
     calls, each with one backward pass through the network; callback(info) after each (x0: unguided x̂₀).
+    clip_x0: clamp x̂₀ to [−1, 1] (the official default, `clip_denoised`): the clamped x̂₀ enters both the
+    ancestral step and the measurement residual, the gradient going through the clamp.
     """
     if step_size < 0:
         raise ValueError(f"step_size must be non-negative, got {step_size}")
@@ -35,18 +37,21 @@ def dps(model, y, forward, timesteps, step_size: float = 1.0, x_T=None, noise=No
         x_T = draw((y.shape[0], *forward.input_shape), y)
     x = x_T
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
-        v, a, x0, distance, grad = measurement_gradient(model, x, t, y, apply, cond, nfe)
+        v, a, x0, distance, grad = measurement_gradient(model, x, t, y, apply, cond, nfe, clip_x0)
         report(callback, nfe, t, x, x0, distance=distance)
         x = ancestral_step(x, x0, a, alpha_bar(model, t_next, x), variance, v, draw) - step_size * grad
     return x
 
 
-def measurement_gradient(model, x, t: int, y, apply, cond=None, nfe: int = 1):
+def measurement_gradient(model, x, t: int, y, apply, cond=None, nfe: int = 1, clip_x0: bool = False):
     """One model call at t with autograd on → (v, ᾱ_t, x̂₀, ‖y − A(x̂₀)‖ per sample, its gradient in
-    x_t), all detached: the guidance of one DPS step (v: learned-variance channels or None)."""
+    x_t), all detached: the guidance of one DPS step (v: learned-variance channels or None; x̂₀ clamped to
+    [−1, 1] with clip_x0)."""
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         _, v, a, x0 = denoise(model, x_in, t, cond, nfe, None)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
         distance = (y - apply(x0)).reshape(y.shape[0], -1).norm(dim=1)
         (grad,) = torch.autograd.grad(distance.sum(), x_in)
     return None if v is None else v.detach(), a, x0.detach(), distance.detach(), grad
