@@ -25,7 +25,16 @@ from pathlib import Path
 import yaml
 
 SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
-SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta",), "dps": ("step_size",)}
+SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta",),
+                  "dps": ("step_size", "clip_x0", "step_schedule")}
+# `ipsolve restore`'s DPS, per task family (deno; sr: sr4, sr16, sr_bicubic4…; inp: inp, inp_mask, inp_box; "*":
+# every other task): the "beta" step schedule, one ζ for every budget, chosen on validation digits
+# (scripts/bench_dps_step.py, docs/solvers_benchmark.md). solvers.dps keeps the published defaults (ζ = 1 at
+# every step, x̂₀ clamped).
+DPS_RESTORE_DEFAULTS = {"deno": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True},
+                        "sr": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True},
+                        "inp": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True},
+                        "*": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True}}
 CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged named configs: models/, tasks/, eval/
 
 
@@ -174,6 +183,18 @@ def _nested_splits(data: dict, budgets: tuple, where: str) -> dict:
     return {b: splits[b] for b in budgets}
 
 
+def restore_defaults(solver: str, task: str, given: dict | None = None) -> dict:
+    """The options `ipsolve restore` gives `solver` on the task (an operator name, by its family: see
+    DPS_RESTORE_DEFAULTS), the `given` ones (not None) overriding them. A given step_schedule other than the tuned one drops the tuned ζ (which is in that
+    schedule's units): solvers.dps's own default ζ applies then."""
+    given = {key: value for key, value in (given or {}).items() if value is not None}
+    family = task.split("_")[0].rstrip("0123456789")  # sr16 → sr, inp_mask → inp, deblur_gauss+inp → deblur
+    defaults = dict(DPS_RESTORE_DEFAULTS.get(family, DPS_RESTORE_DEFAULTS["*"])) if solver == "dps" else {}
+    if given.get("step_schedule", defaults.get("step_schedule")) != defaults.get("step_schedule"):
+        defaults.pop("step_size")
+    return {**defaults, **given}
+
+
 def solver_default(solver: str, option: str):
     """The default value of `option` in the signature of solvers.`solver` (one source of truth)."""
     import inspect
@@ -198,9 +219,17 @@ def _method(name: str, data: dict, budgets: tuple, where: str) -> MethodConfig:
     allowed = set(SOLVER_OPTIONS[solver]) | ({"eta_outer", "inner_steps", "splits"} if nested else set())
     _check_keys(data, allowed, f"{where}.{name}")
     splits = _nested_splits(data, budgets, f"{where}.{name}") if nested else {}
-    options = {key: float(data.get(key, solver_default(solver, key))) for key in SOLVER_OPTIONS[solver]}
+    options = {key: _option_value(data.get(key, solver_default(solver, key)), solver_default(solver, key),
+                                  f"{where}.{name}.{key}") for key in SOLVER_OPTIONS[solver]}
     return MethodConfig(name=name, solver=solver, nested=nested, options=options,
                         eta_outer=float(data.get("eta_outer", 0.0)), splits=splits)
+
+
+def _option_value(value, default, where: str):
+    """`value` of an option as the type of its default: a bool (true / false), a str, else a float."""
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ValueError(f"{where}: give true or false, got {value!r}")
+    return value if isinstance(default, (bool, str)) else float(value)
 
 
 def load_eval_config(reference) -> EvalConfig:

@@ -193,8 +193,10 @@ def test_the_isotropic_smoke_prior_restores_a_colour_image_at_64x64(folder):
 @pytest.mark.parametrize("measurement, solver", [("digit_sr4.png", "ddnm"), ("deblur_gauss+inp.png", "pigdm"),
                                                  ("saturate.png", "dps")])
 def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, measurement, solver):
-    """`--solver S --vanilla` writes the x̂₀ of solvers.S run on the same grid with the same seed."""
+    """`--solver S --vanilla` writes the x̂₀ of solvers.S run on the same grid with the same seed (and the
+    options restore gives S on that task: DPS's tuned ones)."""
     import solvers
+    from ipsolve.config import restore_defaults
     from ipsolve.measurement import read_measurement
     from ipsolve.models import load_model
 
@@ -207,6 +209,7 @@ def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, 
     measured = {"forward": read.op} if solver == "dps" else {"op": read.op, "sigma_y": read.sigma_y}
     with torch.no_grad():
         x0 = getattr(solvers, solver)(load_model("embedded"), y=read.y, timesteps=solvers.plain_ddrm_timesteps(3),
-                                      generator=torch.Generator().manual_seed(5), **measured)
+                                      generator=torch.Generator().manual_seed(5), **measured,
+                                      **restore_defaults(solver, read.op.name))
     expected = ((x0[0] + 1) / 2).clamp(0, 1).mul(255).round() / 255
     torch.testing.assert_close(load_image(folder / "run" / "final.png"), expected, rtol=0, atol=1.5 / 255)

@@ -85,3 +85,73 @@ def test_nested_passes_the_options_to_its_dps_runs(options):
     default = solvers.dps(prior, y, op, grid, generator=generator(7))
     torch.testing.assert_close(preview.x0, plain, rtol=1e-12, atol=1e-12)
     assert (plain - default).abs().max() > 1e-3
+
+
+# --- `ipsolve restore`: the flags and the per-task defaults reach solvers.dps -----------------------------------
+
+def restore_options(monkeypatch, tmp_path, *flags, vanilla=True):
+    """The keyword options solvers.dps got from `ipsolve restore example:sr4 --solver dps FLAGS` (one call),
+    and run.json."""
+    import importlib
+    import json
+
+    from ipsolve.cli import main
+
+    seen = []
+
+    def recording_dps(model, **kwargs):
+        seen.append({k: kwargs[k] for k in ("step_size", "clip_x0", "step_schedule") if k in kwargs})
+        return kwargs["x_T"] if "x_T" in kwargs else torch.zeros(1, 1, 32, 32)
+
+    monkeypatch.setattr(solvers, "dps", recording_dps)
+    monkeypatch.setitem(importlib.import_module("solvers.nested").INNER_SAMPLERS, "dps", recording_dps)
+    monkeypatch.chdir(tmp_path)
+    mode = ["--vanilla"] if vanilla else []
+    code = main(["restore", "example:sr4", "--solver", "dps", *mode, "--outer", "1", "--inner", "2", "--quiet",
+                 "--out", "run", *flags])
+    assert code == 0
+    return seen[0], json.loads((tmp_path / "run" / "run.json").read_text())
+
+
+@pytest.mark.parametrize("vanilla", [True, False])
+def test_restore_gives_dps_its_tuned_sr4_defaults(monkeypatch, tmp_path, vanilla):
+    options, record = restore_options(monkeypatch, tmp_path, vanilla=vanilla)
+    assert options == {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True}
+    assert record["solver_options"] == options
+    assert record["arguments"]["step_schedule"] is None and record["arguments"]["clip_x0"] is None
+
+
+@pytest.mark.parametrize("vanilla", [True, False])
+def test_restore_flags_reach_dps_and_run_json(monkeypatch, tmp_path, vanilla):
+    options, record = restore_options(monkeypatch, tmp_path, "--step-schedule", "beta", "--step-size", "0.3",
+                                      "--no-clip-x0", vanilla=vanilla)
+    assert options == {"step_schedule": "beta", "step_size": 0.3, "clip_x0": False}
+    assert (record["arguments"]["step_schedule"], record["arguments"]["step_size"],
+            record["arguments"]["clip_x0"]) == ("beta", 0.3, False)
+
+
+def test_the_constant_schedule_without_a_step_size_is_the_published_zeta(monkeypatch, tmp_path):
+    options, _ = restore_options(monkeypatch, tmp_path, "--step-schedule", "constant", "--clip-x0")
+    assert options == {"step_schedule": "constant", "clip_x0": True}  # ζ: solvers.dps's own default, 1.0
+
+
+def test_dps_flags_are_refused_for_another_solver(tmp_path, capsys):
+    from ipsolve.cli import main
+
+    code = main(["restore", "example:sr4", "--solver", "ddrm", "--no-clip-x0", "--quiet", "--out", str(tmp_path / "r")])
+    assert code == 2 and "--solver ddrm takes no --clip-x0" in capsys.readouterr().err
+
+
+def test_eval_configs_take_the_dps_options_with_their_types(tmp_path):
+    from ipsolve.config import load_eval_config
+
+    path = tmp_path / "dps.yml"
+    path.write_text("model: embedded\ntasks: [deno]\nbudgets: [10]\nmethods:\n"
+                    "  dps: {step_schedule: beta, step_size: 0.2, clip_x0: false}\n  nested_dps: {solver: dps, "
+                    "inner_steps: 5}\n")
+    plain, nested = load_eval_config(path).methods
+    assert plain.options == {"step_size": 0.2, "clip_x0": False, "step_schedule": "beta"}
+    assert nested.options == {"step_size": 1.0, "clip_x0": True, "step_schedule": "constant"}  # solvers.dps's own
+    path.write_text(path.read_text().replace("clip_x0: false", "clip_x0: 0.5"))
+    with pytest.raises(ValueError, match=r"dps\.clip_x0: give true or false, got 0\.5"):
+        load_eval_config(path)

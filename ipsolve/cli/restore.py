@@ -65,7 +65,14 @@ def add_restore_command(commands):
                         "evenly spaced grids)")
     parser.add_argument("--eta", type=unit_float, help="eta of ddrm, ddnm (default 0.85) or pigdm (default 1.0)")
     parser.add_argument("--eta-b", type=unit_float, help="eta_b of ddrm (default 1.0)")
-    parser.add_argument("--step-size", type=positive_float, metavar="Z", help="step size of dps (default 1.0)")
+    parser.add_argument("--step-size", type=positive_float, metavar="Z",
+                        help="step size ζ of dps (default: per task, 0.1 with --step-schedule beta; the published "
+                        "DPS is 1.0 with constant; docs/algorithms.md)")
+    parser.add_argument("--step-schedule", choices=("constant", "beta"),
+                        help="how dps spends ζ along the grid: beta (default; ζ times the step's β over the training "
+                        "β, so one ζ serves every budget) or constant (ζ at every step, as published for 1000 steps)")
+    parser.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
+                        help="dps: clamp x0 to [-1, 1] in the step and the residual (default: on, as published)")
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B",
