@@ -31,10 +31,10 @@ SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta",),
 # every other task): the "beta" step schedule, one ζ for every budget, chosen on validation digits
 # (scripts/bench_dps_step.py, docs/solvers_benchmark.md). solvers.dps keeps the published defaults (ζ = 1 at
 # every step, x̂₀ clamped).
-DPS_RESTORE_DEFAULTS = {"deno": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True},
-                        "sr": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True},
-                        "inp": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True},
-                        "*": {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True}}
+DPS_RESTORE_DEFAULTS = {"deno": {"step_schedule": "beta", "step_size": 0.2, "clip_x0": True},
+                        "sr": {"step_schedule": "beta", "step_size": 0.3, "clip_x0": True},
+                        "inp": {"step_schedule": "beta", "step_size": 0.2, "clip_x0": True},
+                        "*": {"step_schedule": "beta", "step_size": 0.2, "clip_x0": True}}
 CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged named configs: models/, tasks/, eval/
 
 

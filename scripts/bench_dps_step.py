@@ -30,7 +30,7 @@ from ipsolve.models import load_model
 
 VALIDATION_START = 100
 SETTINGS = ("constant:1:clip", "constant:1:noclip", "constant:3:clip", "constant:10:clip", "beta:0.05:clip",
-            "beta:0.1:clip", "beta:0.2:clip", "beta:0.4:clip", "beta:0.8:clip", "beta:0.1:noclip")
+            "beta:0.1:clip", "beta:0.2:clip", "beta:0.3:clip", "beta:0.4:clip", "beta:0.8:clip", "beta:0.1:noclip")
 
 
 def split_images(split: str, images: int) -> torch.Tensor:

@@ -116,7 +116,7 @@ def restore_options(monkeypatch, tmp_path, *flags, vanilla=True):
 @pytest.mark.parametrize("vanilla", [True, False])
 def test_restore_gives_dps_its_tuned_sr4_defaults(monkeypatch, tmp_path, vanilla):
     options, record = restore_options(monkeypatch, tmp_path, vanilla=vanilla)
-    assert options == {"step_schedule": "beta", "step_size": 0.1, "clip_x0": True}
+    assert options == {"step_schedule": "beta", "step_size": 0.3, "clip_x0": True}  # docs/solvers_benchmark.md
     assert record["solver_options"] == options
     assert record["arguments"]["step_schedule"] is None and record["arguments"]["clip_x0"] is None
 
@@ -128,6 +128,16 @@ def test_restore_flags_reach_dps_and_run_json(monkeypatch, tmp_path, vanilla):
     assert options == {"step_schedule": "beta", "step_size": 0.3, "clip_x0": False}
     assert (record["arguments"]["step_schedule"], record["arguments"]["step_size"],
             record["arguments"]["clip_x0"]) == ("beta", 0.3, False)
+
+
+@pytest.mark.parametrize("task, step_size", [("deno", 0.2), ("sr4", 0.3), ("sr16", 0.3), ("sr_bicubic4", 0.3),
+                                             ("inp", 0.2), ("inp_mask", 0.2), ("inp_box", 0.2), ("color", 0.2),
+                                             ("deblur_gauss+inp", 0.2), ("saturate", 0.2)])
+def test_restore_defaults_of_dps_per_task_family(task, step_size):
+    from ipsolve.config import restore_defaults
+
+    assert restore_defaults("dps", task) == {"step_schedule": "beta", "step_size": step_size, "clip_x0": True}
+    assert restore_defaults("ddrm", task) == {} and restore_defaults("pigdm", task, {"eta": 0.5}) == {"eta": 0.5}
 
 
 def test_the_constant_schedule_without_a_step_size_is_the_published_zeta(monkeypatch, tmp_path):
