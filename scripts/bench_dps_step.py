@@ -8,8 +8,11 @@ VALIDATION_START + images), on which the per-task defaults were chosen, and test
 A row's "mean" is its mean over the budgets: the per-task default is the "beta" row with the best mean on
 the validation split. PSNR on [0, 1] images, mean over images; a diverged run (x̂₀ not finite) prints "div".
 
+--restore: instead, what `ipsolve restore --solver dps` gives with its defaults (nested, 4 outer × 5 inner,
+restore's per-task DPS options, seed 0), its final against the measurement H⁺y, and the same with --vanilla.
+
 Usage: python scripts/bench_dps_step.py [--images 8] [--seed 0] [--budgets 10 20 30 100]
-       [--splits validation test] [--tasks deno sr4 inp] [--settings constant:1:clip beta:0.1:clip ...]
+       [--splits validation test] [--tasks deno sr4 inp] [--settings constant:1:clip beta:0.1:clip ...] [--restore]
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ipsolve.datasets import mnist32
 from ipsolve.imageio import from_model, to_model
 from ipsolve.metrics import psnr
 from ipsolve.models import load_model
+from ipsolve.restore import restore_batch
 
 VALIDATION_START = 100
 SETTINGS = ("constant:1:clip", "constant:1:noclip", "constant:3:clip", "constant:10:clip", "beta:0.05:clip",
@@ -63,6 +67,20 @@ def task_rows(model, clean, task, settings, budgets, seed):
     return rows
 
 
+def restore_rows(model, clean, task, seed):
+    """{row label: [PSNR]}: H⁺y, and the final of `ipsolve restore --solver dps` with its defaults, nested and
+    --vanilla (restore_batch with every option None, 4 outer × 5 inner, the command's seed 0)."""
+    op = degradations.make(task, channels=1, image_size=(32, 32), seed=seed)
+    clean_y = op.H(clean)
+    y = clean_y + TASKS[task] * torch.randn(clean_y.shape, generator=torch.Generator().manual_seed(seed))
+    rows = {"measurement H⁺y": [mean_psnr(op.H_pinv(y).reshape(clean.shape), clean)]}
+    for vanilla in (False, True):
+        previews = restore_batch(y, op, TASKS[task], model, 4, 5, solver="dps", vanilla=vanilla,
+                                 generator=torch.Generator().manual_seed(0))
+        rows["ipsolve restore --solver dps" + (" --vanilla" if vanilla else "")] = [mean_psnr(previews[-1].x0, clean)]
+    return rows
+
+
 def table(rows, budgets) -> list[str]:
     lines = ["| setting | " + " | ".join(f"NFE {b}" for b in budgets) + " | mean |",
              "|---|" + "---:|" * (len(budgets) + 1)]
@@ -86,6 +104,7 @@ def main():
     parser.add_argument("--splits", nargs="+", default=["validation", "test"], choices=["validation", "test"])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), help="schedule:ζ:clip|noclip")
+    parser.add_argument("--restore", action="store_true", help="ipsolve restore's DPS defaults (20 NFE) instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model("embedded")
@@ -95,11 +114,15 @@ def main():
             clean = split_images(split, args.images)
             for task in args.tasks:
                 start = time.time()
-                rows = task_rows(model, clean, task, args.settings, args.budgets, args.seed)
+                if args.restore:
+                    rows, budgets = restore_rows(model, clean, task, args.seed), [20]
+                else:
+                    rows, budgets = task_rows(model, clean, task, args.settings, args.budgets, args.seed), args.budgets
                 print(f"\n### {split}: {task} (σ_y {TASKS[task]}), {args.images} digits, seed {args.seed} "
                       f"({time.time() - start:.0f} s)\n")
-                print("\n".join(table(rows, args.budgets)))
-                print(f"\nbest beta row by mean: {best_beta(rows)}", flush=True)
+                print("\n".join(table(rows, budgets)))
+                if not args.restore:
+                    print(f"\nbest beta row by mean: {best_beta(rows)}", flush=True)
 
 
 if __name__ == "__main__":
