@@ -29,7 +29,8 @@ def dps(model, y, forward, timesteps, step_size: float = 1.0, x_T=None, noise=No
     forward: an operator (its .H is A) or any differentiable callable images → measurements. x_T is the
     state at timesteps[0] (None: standard normal noise, shaped by forward.input_shape). Ancestral steps use
     the model's learned variance when it has one, else β̃ (fixed small). Exactly len(timesteps) model
-    calls, each with one backward pass through the network; callback(info) after each (x0: unguided x̂₀).
+    calls, each with one backward pass through the network; callback(info) after each (x0: unguided x̂₀,
+    clamped with clip_x0).
     clip_x0: clamp x̂₀ to [−1, 1] (the official default, `clip_denoised`): the clamped x̂₀ enters both the
     ancestral step and the measurement residual, the gradient going through the clamp.
     step_schedule: "constant" (ζ = step_size every step) or "beta" (ζ_t = step_size · β(t→t')/β_t; module doc).
