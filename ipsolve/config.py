@@ -185,8 +185,8 @@ def _nested_splits(data: dict, budgets: tuple, where: str) -> dict:
 
 def restore_defaults(solver: str, task: str, given: dict | None = None) -> dict:
     """The options `ipsolve restore` gives `solver` on the task (an operator name, by its family: see
-    DPS_RESTORE_DEFAULTS), the `given` ones (not None) overriding them. A given step_schedule other than the tuned one drops the tuned ζ (which is in that
-    schedule's units): solvers.dps's own default ζ applies then."""
+    DPS_RESTORE_DEFAULTS), the `given` ones (not None) overriding them. A given step_schedule other than
+    the tuned one drops the tuned ζ (it is in that schedule's units): solvers.dps's own default ζ applies."""
     given = {key: value for key, value in (given or {}).items() if value is not None}
     family = task.split("_")[0].rstrip("0123456789")  # sr16 → sr, inp_mask → inp, deblur_gauss+inp → deblur
     defaults = dict(DPS_RESTORE_DEFAULTS.get(family, DPS_RESTORE_DEFAULTS["*"])) if solver == "dps" else {}
