@@ -33,8 +33,18 @@ import yaml
 from ipsolve import schema
 
 SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
-SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta", "weight"), "dps": ("step_size",)}
-CHOICE_OPTIONS = {"weight": ("code", "paper", "score")}  # options that name a choice (solvers.PIGDM_WEIGHTS)
+SOLVER_OPTIONS = {"ddrm": ("eta", "eta_b"), "ddnm": ("eta",), "pigdm": ("eta", "weight"),
+                  "dps": ("step_size", "clip_x0", "step_schedule")}
+CHOICE_OPTIONS = {"weight": ("code", "paper", "score"),  # options that name a choice (solvers.PIGDM_WEIGHTS,
+                  "step_schedule": ("constant", "beta")}  # solvers.dps's step schedules)
+# `ipsolve restore`'s DPS, per task family (deno; sr: sr4, sr16, sr_bicubic4…; inp: inp, inp_mask, inp_box; "*":
+# every other task): the "beta" step schedule, one ζ for every budget, chosen on validation digits
+# (scripts/bench_dps_step.py, docs/solvers_benchmark.md). solvers.dps keeps the published defaults (ζ = 1 at
+# every step, x̂₀ clamped).
+DPS_RESTORE_DEFAULTS = {"deno": {"step_schedule": "beta", "step_size": 0.2, "clip_x0": True},
+                        "sr": {"step_schedule": "beta", "step_size": 0.3, "clip_x0": True},
+                        "inp": {"step_schedule": "beta", "step_size": 0.2, "clip_x0": True},
+                        "*": {"step_schedule": "beta", "step_size": 0.2, "clip_x0": True}}
 CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged named configs: models/, tasks/, eval/
 
 
@@ -231,6 +241,18 @@ def _nested_splits(data: dict, budgets: tuple, where: str) -> dict:
     return {b: splits[b] for b in budgets}
 
 
+def restore_defaults(solver: str, task: str, given: dict | None = None) -> dict:
+    """The options `ipsolve restore` gives `solver` on the task (an operator name, by its family: see
+    DPS_RESTORE_DEFAULTS), the `given` ones (not None) overriding them. A given step_schedule other than
+    the tuned one drops the tuned ζ (it is in that schedule's units): solvers.dps's own default ζ applies."""
+    given = {key: value for key, value in (given or {}).items() if value is not None}
+    family = task.split("_")[0].rstrip("0123456789")  # sr16 → sr, inp_mask → inp, deblur_gauss+inp → deblur
+    defaults = dict(DPS_RESTORE_DEFAULTS.get(family, DPS_RESTORE_DEFAULTS["*"])) if solver == "dps" else {}
+    if given.get("step_schedule", defaults.get("step_schedule")) != defaults.get("step_schedule"):
+        defaults.pop("step_size")
+    return {**defaults, **given}
+
+
 def solver_default(solver: str, option: str):
     """The default value of `option` in the signature of solvers.`solver` (one source of truth)."""
     import inspect
@@ -245,7 +267,8 @@ def solver_default(solver: str, option: str):
 OPTION_RULES = {("ddrm", "eta"): schema.Number(0, 1), ("ddrm", "eta_b"): schema.Number(0, 1),
                 ("ddnm", "eta"): schema.Number(0, 1), ("pigdm", "eta"): schema.Number(0),
                 ("pigdm", "weight"): schema.Choice(*CHOICE_OPTIONS["weight"]),
-                ("dps", "step_size"): schema.Number(0)}
+                ("dps", "step_size"): schema.Number(0),
+                ("dps", "step_schedule"): schema.Choice(*CHOICE_OPTIONS["step_schedule"])}
 
 
 def option_rule(solver: str, option: str):

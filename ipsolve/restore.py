@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 import solvers
-from ipsolve.config import SOLVER_OPTIONS, SOLVERS
+from ipsolve.config import SOLVER_OPTIONS, SOLVERS, restore_defaults
 from ipsolve.models.unet import DDPMUNet
 
 
@@ -90,15 +90,16 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
             solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
             step_size: float | None = None, weight: str | None = None, batch: int = 1, vanilla: bool = False,
             schedule: str | None = None, generator: torch.Generator | None = None, on_preview=None,
-            on_nfe=None) -> list[Preview]:
+            on_nfe=None, clip_x0: bool | None = None, step_schedule: str | None = None) -> list[Preview]:
     """Restore `measurement` (with .y, .op, .sigma_y in model units) with `model`; return the previews.
 
     Nested Diffusion runs `outer` steps of `inner` calls of `solver` each (at most `budget` NFE, shared
     over the inner runs that fit it whole: `preview_marks`); `vanilla` runs the plain solver with as many
     calls and hands out its x̂₀ predictions at the same NFE marks, so the two anytime strips compare.
-    eta / eta_b / step_size / weight go to the solvers that take them (None: the solver's default; given to one
-    that does not: an error). `batch` draws that many samples for the one measurement. The last preview
-    is the result. `schedule` ("matched", the default for restorers, or "paper") is solvers.nested's.
+    eta / eta_b / step_size / clip_x0 / step_schedule / weight go to the solvers that take them (None: the
+    solver's default for this task, `ipsolve.config.restore_defaults`; given to one that does not: an
+    error). `batch` draws that many samples for the one measurement. The last preview is the result.
+    `schedule` ("matched", the default for restorers, or "paper") is solvers.nested's.
     Runs on the device of measurement.y (put the model there too).
     """
     if batch < 1:
@@ -107,19 +108,22 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
     y = measurement.y.reshape(-1, *op.measurement_shape)[:1].repeat(batch, *([1] * len(op.measurement_shape)))
     return restore_batch(y, op, measurement.sigma_y, model, outer, inner, budget=budget, solver=solver, eta=eta,
                          eta_b=eta_b, step_size=step_size, weight=weight, vanilla=vanilla, schedule=schedule,
-                         generator=generator,
-                         on_preview=on_preview, on_nfe=on_nfe)
+                         generator=generator, on_preview=on_preview, on_nfe=on_nfe, clip_x0=clip_x0,
+                         step_schedule=step_schedule)
 
 
 def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
                   solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
                   step_size: float | None = None, weight: str | None = None, vanilla: bool = False,
                   schedule: str | None = None, generator: torch.Generator | None = None, noise=None,
-                  on_preview=None, on_nfe=None) -> list[Preview]:
+                  on_preview=None, on_nfe=None, clip_x0: bool | None = None,
+                  step_schedule: str | None = None) -> list[Preview]:
     """`restore` for a batch of measurements y (B, *op.measurement_shape) of one operator and noise level;
     random draws from `noise` (a callable, e.g. one generator per row) or else `generator`."""
     marks = preview_marks(outer, inner, budget)
-    options = solver_options(solver, eta=eta, eta_b=eta_b, step_size=step_size, weight=weight)
+    options = solver_options(solver, eta=eta, eta_b=eta_b, step_size=step_size, weight=weight, clip_x0=clip_x0,
+                             step_schedule=step_schedule)
+    options = restore_defaults(solver, op.name, options)
     check_solver_takes(solver, op)
     sigma_y = float(sigma_y)
     measured = {"y": y, "forward": op} if solver == "dps" else {"y": y, "op": op, "sigma_y": sigma_y}

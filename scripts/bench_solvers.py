@@ -11,7 +11,9 @@ Two settings, each on held-out images (mean over images and seeds, one sample pe
 
 Plain: one run per budget (10, 20, 30 calls) on the grid `ipsolve restore --vanilla` uses, its final answer.
 Nested: one run of 3 outer × 10 inner steps, its previews at 10, 20, 30 NFE. Solver options are the
-solvers' defaults (DDRM η = 0.85, η_b = 1; DDNM η = 0.85; ΠGDM η = 1; DPS ζ = 1). PSNR on [0, 1] images.
+solvers' defaults (DDRM η = 0.85, η_b = 1; DDNM η = 0.85; ΠGDM η = 1), DPS's those `ipsolve restore` gives it
+per task (`ipsolve.config.restore_defaults`: the "beta" step schedule), or with --dps-published the published
+ζ = 1 at every step. PSNR on [0, 1] images.
 
 Cost per NFE: CPU time (one thread) per call of the plain 30-call run, over the CPU time of one forward
 pass of the model on the same batch (median of 5, timed just before the solver's runs), mean over tasks
@@ -28,6 +30,7 @@ The report (markdown) is printed and written to --out; whatever follows the line
 existing --out file (a reading of the numbers) is kept below the new tables.
 
 Usage: python scripts/bench_solvers.py [--images 8] [--patches 128] [--seeds 0] [--components 10]
+       [--solvers ddrm ddnm pigdm dps] [--dps-published]
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ import degradations
 import solvers
 from bench_anytime import SIGMA_Y, photo_patches
 from eval_embedded import TASKS as DIGIT_TASKS
+from ipsolve.config import restore_defaults
 from ipsolve.datasets import mnist32
 from ipsolve.imageio import from_model, to_model
 from ipsolve.metrics import lpips_distance, psnr
@@ -51,7 +55,7 @@ from ipsolve.models import GaussianMixturePrior, load_model
 from ipsolve.models.schedules import alphas_cumprod_from_betas
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLVERS = ("ddrm", "ddnm", "pigdm", "dps")
+SOLVERS = ["ddrm", "ddnm", "pigdm", "dps"]  # --solvers narrows it
 GUIDED = ("pigdm", "dps")  # one backward pass through the network per call
 BUDGETS = (10, 20, 30)
 OUTER, INNER = 3, 10
@@ -61,9 +65,15 @@ DIVERGED = 1e4  # |x̂₀| beyond this (model units): the run has diverged
 READING_MARKER = "<!-- reading below: kept when the benchmark rewrites this file -->"
 
 
+DPS_OPTIONS = {"published": False}  # --dps-published: solvers.dps's own defaults instead of restore's
+
+
 def measured(solver, y, op, sigma_y):
-    """The measurement keywords `solver` takes (DPS: the forward only)."""
-    return {"y": y, "forward": op} if solver == "dps" else {"y": y, "op": op, "sigma_y": sigma_y}
+    """The measurement keywords `solver` takes (DPS: the forward only) and its options (DPS: restore's for
+    the task unless --dps-published)."""
+    if solver != "dps":
+        return {"y": y, "op": op, "sigma_y": sigma_y}
+    return {"y": y, "forward": op, **({} if DPS_OPTIONS["published"] else restore_defaults("dps", op.name))}
 
 
 class Diverged(Exception):
@@ -257,13 +267,21 @@ def cost_table(costs):
     return lines
 
 
+def dps_setting() -> str:
+    if DPS_OPTIONS["published"]:
+        return "ζ = 1 at every step (published)"
+    return ("restore's per-task defaults: " + "; ".join(
+        f"{task} ζ = {restore_defaults('dps', task)['step_size']} ({restore_defaults('dps', task)['step_schedule']})"
+        for task in ("deno", "sr4", "inp", "color")))
+
+
 def report(settings, command, sizes):
     lines = ["# Solvers benchmark: DDRM, DDNM, ΠGDM and DPS, plain and nested", "",
              f"Command: `{command}`", "", f"Sizes: {sizes}.", "",
              "Each cell is PSNR (dB) after that many model calls, or PSNR / LPIPS on the embedded model; plain: "
              "a separate run per budget (final answer), nested: one 3 × 10 run (previews). Solver defaults: DDRM "
-             "η = 0.85, η_b = 1; DDNM η = 0.85; ΠGDM η = 1; DPS ζ = 1. Costs are CPU time per NFE over the CPU "
-             "time of one forward pass (one thread, same batch).", ""]
+             f"η = 0.85, η_b = 1; DDNM η = 0.85; ΠGDM η = 1; DPS {dps_setting()}. Costs are CPU time per NFE over "
+             "the CPU time of one forward pass (one thread, same batch).", ""]
     for title, tasks, results, costs in settings:
         lines += [f"## {title}", "", *results_table(tasks, results), "",
                   f"Nested final − plain final at {BUDGETS[-1]} NFE "
@@ -285,8 +303,12 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="measurement and sampler seeds")
     parser.add_argument("--components", type=int, default=10, help="mixture components")
     parser.add_argument("--em-iterations", type=int, default=20, help="EM iterations of the mixture fit")
+    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    parser.add_argument("--dps-published", action="store_true", help="DPS with ζ = 1 at every step (published)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "solvers_benchmark.md")
     args = parser.parse_args()
+    SOLVERS[:] = args.solvers
+    DPS_OPTIONS["published"] = args.dps_published
     torch.set_num_threads(1)
     start = time.time()
     settings = [patch_setting(args, args.seeds), digit_setting(args, args.seeds)]

@@ -39,7 +39,8 @@ INNER_SAMPLERS = {"ddrm": ddrm, "ddnm": ddnm, "pigdm": pigdm, "dps": dps, "ddim"
                   "dpm_solver": dpm_solver}
 INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddnm": {"y", "op", "sigma_y", "eta"},
                  "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations", "weight", "safeguard", "start"},
-                 "dps": {"y", "forward", "step_size"}, "ddim": {"eta"}, "ddpm": {"variance"},
+                 "dps": {"y", "forward", "step_size", "clip_x0", "step_schedule"},
+                 "ddim": {"eta"}, "ddpm": {"variance"},
                  "dpm_solver": {"order", "variant"}}
 # restorers: the measurement options each needs; they are called by keyword
 REQUIRED_OPTIONS = {"ddrm": ("y", "op", "sigma_y"), "ddnm": ("y", "op", "sigma_y"), "pigdm": ("y", "op", "sigma_y"),
@@ -78,6 +79,7 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start), "dps" (y, forward; step_size), "ddim" (eta), "ddpm"
     (variance) or "dpm_solver" (order, variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator
     with an SVD; pigdm takes any linear operator with H and Ht, dps any differentiable forward.
+    dps also takes clip_x0 and step_schedule (see solvers.dps).
     outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the schedule's).
     inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule
     ("uniform", "front", "back") shares the S·I calls out over the outer steps (`inner_step_counts`).

@@ -199,8 +199,10 @@ def test_the_isotropic_smoke_prior_restores_a_colour_image_at_64x64(folder):
     ("digit_inp.png", "pigdm", {"weight": "paper"}), ("digit_inp.png", "pigdm", {"weight": "score"})])
 def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, measurement, solver, options):
     """`--solver S --vanilla [--weight W]` writes the x̂₀ of solvers.S (weight=W) run on the same grid with
-    the same seed; run.json records the option as given."""
+    the same seed, and the options restore gives S on that task (DPS's tuned ones); run.json records the
+    option as given."""
     import solvers
+    from ipsolve.config import restore_defaults
     from ipsolve.measurement import read_measurement
     from ipsolve.models import load_model
 
@@ -217,7 +219,8 @@ def test_each_solver_restores_from_the_command_line_as_the_library_does(folder, 
     def library(**given):
         with torch.no_grad():
             x0 = getattr(solvers, solver)(load_model("embedded"), y=read.y, generator=torch.Generator().manual_seed(5),
-                                          timesteps=solvers.plain_ddrm_timesteps(3), **measured, **given)
+                                          timesteps=solvers.plain_ddrm_timesteps(3), **measured,
+                                          **restore_defaults(solver, read.op.name), **given)
         return ((x0[0] + 1) / 2).clamp(0, 1).mul(255).round() / 255
     written = load_image(folder / "run" / "final.png")
     torch.testing.assert_close(written, library(**options), rtol=0, atol=1.5 / 255)

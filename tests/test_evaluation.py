@@ -161,7 +161,7 @@ def test_methods_are_solver_and_plain_or_nested_pairs(tmp_path, digits):
     assert (by_name["ddnm"].solver, by_name["ddnm"].nested, by_name["ddnm"].options) == ("ddnm", False, {"eta": 0.85})
     assert (by_name["nested_pigdm"].solver, by_name["nested_pigdm"].nested) == ("pigdm", True)
     assert by_name["nested_pigdm"].options == {"eta": 0.5, "weight": "code"}
-    assert by_name["dps"].options == {"step_size": 0.5}
+    assert by_name["dps"].options == {"step_size": 0.5, "clip_x0": True, "step_schedule": "constant"}
     assert (by_name["nested"].solver, by_name["nested"].nested) == ("ddrm", True)
     with pytest.raises(ValueError, match="methods.ddnm.eta_b is not a key here: the allowed keys are solver, nested, eta$"):
         load_eval_config(write_config(tmp_path, methods={"ddnm": {"eta_b": 1.0}}))

@@ -202,7 +202,7 @@ def test_dps_without_guidance_is_ddpm():
     prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
     x_T = torch.randn(2, 1, 4, 4, generator=generator(12), dtype=F64)
     grid = solvers.ddrm_timesteps(10)
-    out = solvers.dps(prior, y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13))
+    out = solvers.dps(prior, y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13), clip_x0=False)
     torch.testing.assert_close(out, solvers.ddpm(prior, x_T, grid, generator=generator(13)), rtol=0, atol=0)
 
 
@@ -222,7 +222,8 @@ def test_dps_uses_the_learned_variance_of_a_model_that_has_one():
     prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
     x_T = torch.randn(2, 1, 4, 4, generator=generator(12), dtype=F64)
     grid = solvers.ddrm_timesteps(10)
-    out = solvers.dps(LearnedLargeVariance(prior), y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13))
+    out = solvers.dps(LearnedLargeVariance(prior), y, op, grid, step_size=0.0, x_T=x_T, generator=generator(13),
+                      clip_x0=False)
     expected = solvers.ddpm(prior, x_T, grid, variance="fixedlarge", generator=generator(13))
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 

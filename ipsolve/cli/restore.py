@@ -70,7 +70,14 @@ def add_restore_command(commands):
                         "evenly spaced grids)")
     parser.add_argument("--eta", type=unit_float, help="eta of ddrm, ddnm (default 0.85) or pigdm (default 1.0)")
     parser.add_argument("--eta-b", type=unit_float, help="eta_b of ddrm (default 1.0)")
-    parser.add_argument("--step-size", type=positive_float, metavar="Z", help="step size of dps (default 1.0)")
+    parser.add_argument("--step-size", type=positive_float, metavar="Z",
+                        help="step size ζ of dps (default per task with the beta schedule: 0.3 for srN, 0.2 for "
+                        "the rest; 1.0 with --step-schedule constant, the published DPS; docs/algorithms.md)")
+    parser.add_argument("--step-schedule", choices=("constant", "beta"),
+                        help="how dps spends ζ along the grid: beta (default; ζ times the step's β over the training "
+                        "β, so one ζ serves every budget) or constant (ζ at every step, as published for 1000 steps)")
+    parser.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
+                        help="dps: clamp x0 to [-1, 1] in the step and the residual (default: on, as published)")
     parser.add_argument("--weight", choices=CHOICE_OPTIONS["weight"],
                         help="guidance weight of pigdm: code (default: the authors' released step), paper "
                         "(Algorithm 1 as printed) or score (the score-space step); docs/algorithms.md")

@@ -47,6 +47,8 @@ class RestoreRequest:
     eta_b: float | None = None
     step_size: float | None = None
     weight: str | None = None
+    clip_x0: bool | None = None
+    step_schedule: str | None = None
     seed: int = 0
     batch: int = 1
     batch_size: int = 4
@@ -201,22 +203,26 @@ def read_checked(request: RestoreRequest, source, mask):
 
 
 def checked_solver_options(request: RestoreRequest) -> dict:
-    """The solver's options (eta, eta_b, step_size, weight) as `ipsolve.restore.solver_options` takes them."""
+    """The solver's options (eta, eta_b, step_size, weight, clip_x0, step_schedule) as
+    `ipsolve.restore.solver_options` takes them (the given ones: the rest are the solver's per-task defaults)."""
     from ipsolve.restore import solver_options
 
     if request.vanilla and request.schedule is not None:
         raise ValueError("--schedule is for nested runs; --vanilla runs the plain solver: drop one of them")
     try:
         return solver_options(request.solver, eta=request.eta, eta_b=request.eta_b, step_size=request.step_size,
-                              weight=request.weight)
+                              weight=request.weight, clip_x0=request.clip_x0, step_schedule=request.step_schedule)
     except ValueError:
         raise ValueError(f"--solver {request.solver} takes no {_given_flags(request, request.solver)}") from None
+
+
+DPS_FLAGS = ("clip_x0", "step_schedule")  # dps's options besides step_size
 
 
 def _given_flags(request: RestoreRequest, solver) -> str:
     from ipsolve.config import SOLVER_OPTIONS
 
-    return ", ".join(f"--{name.replace('_', '-')}" for name in ("eta", "eta_b", "step_size", "weight")
+    return ", ".join(f"--{name.replace('_', '-')}" for name in ("eta", "eta_b", "step_size", "weight", *DPS_FLAGS)
                      if getattr(request, name) is not None and name not in SOLVER_OPTIONS[solver])
 
 
@@ -246,6 +252,8 @@ def run_record(request: RestoreRequest, inputs: RestoreInputs) -> dict:
     """What the run is made of: the request as given and the values used (task, noise, mask, model)."""
     import torch
 
+    from ipsolve.config import restore_defaults
+
     sigma_y = float(inputs.measurement.sigma_y)
     image_shape = getattr(inputs.model, "image_shape", None)
     return {
@@ -257,6 +265,7 @@ def run_record(request: RestoreRequest, inputs: RestoreInputs) -> dict:
         "task": inputs.measurement.op.spec(),
         "mask": None if inputs.mask_file is None else str(Path(inputs.mask_file).resolve()),
         "solver": request.solver if request.vanilla else f"nested({request.solver})",
+        "solver_options": restore_defaults(request.solver, inputs.measurement.op.name, checked_solver_options(request)),
         "sigma_y": {"pixel": sigma_y / 2, "model": sigma_y},
         "seed": request.seed,
         "device": str(inputs.device),

@@ -41,8 +41,9 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
                     on_nfe=None, should_stop=None) -> RestoreResult:
     """Restore `measurement` with `model` into the folder `out_dir`; return how it went.
 
-    options: outer, inner, budget, solver, eta, eta_b, step_size, weight, batch, vanilla, schedule, seed (a
-    `restore_request.RestoreRequest`); record: what run.json starts with (`restore_request.run_record`).
+    options: outer, inner, budget, solver, eta, eta_b, step_size, weight, clip_x0, step_schedule, batch,
+    vanilla, schedule, seed (a `restore_request.RestoreRequest`); record: what run.json starts with
+    (`restore_request.run_record`).
     clean: the clean image (C, H, W) in [0, 1] when known (the strip then shows each preview's PSNR).
     on_preview(preview, path) is called after each preview file is written, on_nfe(nfe) after every
     network evaluation; should_stop() is polled after every evaluation.
@@ -74,8 +75,8 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
     try:
         restore(measurement, model, options.outer, options.inner, budget=options.budget, solver=options.solver,
                 eta=options.eta, eta_b=options.eta_b, step_size=options.step_size, weight=options.weight,
-                batch=options.batch,
-                vanilla=options.vanilla, schedule=options.schedule,
+                batch=options.batch, vanilla=options.vanilla, schedule=options.schedule, clip_x0=options.clip_x0,
+                step_schedule=options.step_schedule,
                 generator=torch.Generator(device).manual_seed(options.seed),
                 on_preview=after_preview, on_nfe=after_nfe)
     except (KeyboardInterrupt, StopRequested) as stop:
