@@ -163,5 +163,8 @@ def test_eval_configs_take_the_dps_options_with_their_types(tmp_path):
     assert plain.options == {"step_size": 0.2, "clip_x0": False, "step_schedule": "beta"}
     assert nested.options == {"step_size": 1.0, "clip_x0": True, "step_schedule": "constant"}  # solvers.dps's own
     path.write_text(path.read_text().replace("clip_x0: false", "clip_x0: 0.5"))
-    with pytest.raises(ValueError, match=r"dps\.clip_x0: give true or false, got 0\.5"):
+    with pytest.raises(ValueError, match=r"methods\.dps\.clip_x0 must be true or false, got 0\.5"):
+        load_eval_config(path)
+    path.write_text(path.read_text().replace("clip_x0: 0.5", "clip_x0: true").replace("beta,", "betas,"))
+    with pytest.raises(ValueError, match=r"methods\.dps\.step_schedule must be one of constant, beta, got 'betas'"):
         load_eval_config(path)
