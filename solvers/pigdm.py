@@ -43,7 +43,7 @@ SAFEGUARD_BY_WEIGHT = {"code": False, "paper": True, "score": True}
 def remedy(options) -> str | None:
     """What to try when ΠGDM diverged with these options (None: the generic advice)."""
     weight, safeguard = options["weight"], options["safeguard"]
-    if not (SAFEGUARD_BY_WEIGHT.get(weight, True) if safeguard is None else safeguard):
+    if not (SAFEGUARD_BY_WEIGHT[weight] if safeguard is None else safeguard):
         return "turn the safeguard on (safeguard=True)"
     if weight != "code":
         return 'use weight="code" (the released step; --weight code)'

@@ -183,3 +183,56 @@ def test_defaults_are_the_released_weight_and_start_and_the_safeguard_follows_th
     for weight in ("paper", "score"):
         assert torch.equal(run(weight=weight), run(weight=weight, safeguard=True))
         assert not torch.allclose(run(weight=weight), run(weight=weight, safeguard=False))
+
+
+class ZeroSingularOperator:
+    """H = diag(2, 0.5, 0) Vᵀ[:3] on 1×2×2 images (U = I), a spectral operator with a zero singular value."""
+
+    def __init__(self):
+        self.input_shape, self.measurement_shape = (1, 2, 2), (3,)
+        self.v = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(5), dtype=F64))[0]
+        self.s = torch.tensor([2.0, 0.5, 0.0], dtype=F64)
+        self.matrix = torch.diag(self.s) @ self.v[:, :3].T
+
+    def singulars(self):
+        return self.s
+
+    def Vt(self, x):
+        return x.reshape(x.shape[0], -1) @ self.v
+
+    def V(self, z):
+        return (z @ self.v.T).reshape(z.shape[0], *self.input_shape)
+
+    def Ut(self, y):
+        return y.reshape(y.shape[0], -1)
+
+    def U(self, w):
+        return w
+
+    def H(self, x):
+        return x.reshape(x.shape[0], -1) @ self.matrix.T
+
+    def Ht(self, y):
+        return (y @ self.matrix).reshape(y.shape[0], *self.input_shape)
+
+
+def test_back_projection_at_zero_noise_is_the_pseudo_inverse_also_on_a_zero_singular_value():
+    """σ_y = 0, r² = 1: H⁺ r (torch.linalg.pinv of the dense H), 0 along the zero singular value, not NaN."""
+    from solvers.pigdm import back_projection
+
+    op = ZeroSingularOperator()
+    residual = torch.tensor([[0.3, -1.2, 0.7]], dtype=F64)
+    expected = (residual @ torch.linalg.pinv(op.matrix).T).reshape(1, 1, 2, 2)
+    torch.testing.assert_close(back_projection(op, 0.0)(residual, 1.0), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("svd", [True, False])
+def test_measurement_start_draws_from_the_generator(svd):
+    """pigdm_init(generator=g) = √ᾱ_t H⁺y + √(1−ᾱ_t) z with z = randn(g), by SVD or conjugate gradients."""
+    model, t = ReferenceModel(1), 800
+    op = degradations.make("sr4", channels=1, image_size=(32, 32))
+    y = op.H(RUNS[15]["y_pinv"])
+    a = model.alphas_cumprod[t]
+    z = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(4), dtype=F64)
+    start = solvers.pigdm_init(model, y, op if svd else WithoutSVD(op), t, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(start, a.sqrt() * RUNS[15]["y_pinv"] + (1 - a).sqrt() * z, rtol=1e-9, atol=1e-9)
