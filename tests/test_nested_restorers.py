@@ -46,6 +46,24 @@ def test_one_outer_step_is_plain_pigdm_with_or_without_its_safeguard(safeguard):
     assert torch.equal(preview.x0, expected) and not torch.allclose(preview.x0, other)
 
 
+@pytest.mark.parametrize("weight, start", [("code", "measurement"), ("paper", "noise"), ("score", "measurement")])
+def test_one_outer_step_is_plain_pigdm_with_its_weight_and_start(weight, start):
+    """Nested ΠGDM passes its weight to the inner runs and starts where plain ΠGDM does; another weight or
+    start gives another answer (the options are used, not ignored)."""
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    prior = type(prior)(prior.means[0], 20 * torch.eye(16, dtype=torch.float64), prior.alphas_cumprod)
+    run = solvers.nested(prior, "pigdm", outer_steps=1, inner_steps=6, generator=generator(1), weight=weight,
+                         start=start, **options("pigdm", op, y, 0.1))
+    (preview,) = list(run)
+    grid = run.inner_timesteps[0]
+    expected = plain("pigdm", prior, op, y, 0.1, grid, generator=generator(1), weight=weight, start=start)
+    assert torch.equal(preview.x0, expected)
+    other_weight = "code" if weight != "code" else "score"
+    other_start = "noise" if start == "measurement" else "measurement"
+    for other in ({"weight": other_weight, "start": start}, {"weight": weight, "start": other_start}):
+        assert not torch.allclose(preview.x0, plain("pigdm", prior, op, y, 0.1, grid, generator=generator(1), **other))
+
+
 @pytest.mark.parametrize("inner", ["ddnm", "pigdm", "dps"])
 def test_inner_runs_start_from_the_outer_state(inner):
     """Every inner run is the plain solver started at x_T = the outer state (no re-initialisation), and the
