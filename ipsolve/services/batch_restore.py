@@ -82,14 +82,11 @@ class BatchSettings:
 
 def job_key(job: Job, settings: BatchSettings, model_key: str) -> str:
     """The fingerprint of what produces `job`'s result: its files' bytes, the model and the settings."""
-    source = job.source
-    inputs = [source, Path(f"{source}.json")]
-    mask = job.measurement.op.spec().get("mask_path") if job.measurement is not None else None
-    inputs += [Path(mask)] if mask else []
+    inputs = [job.source, Path(f"{job.source}.json")]
     return provenance.fingerprint({
         "ipsolve": ipsolve.__version__, "model": model_key, "settings": settings.as_dict(),
         "files": [provenance.file_fingerprint(p) if p.is_file() else None for p in inputs],
-        "operator": job.measurement.op.spec(), "sigma_y": float(job.measurement.sigma_y),
+        "operator": provenance.operator_key(job.measurement.op.spec()), "sigma_y": float(job.measurement.sigma_y),
         "seed": distributed.image_seed(settings.seed, job.index)})
 
 

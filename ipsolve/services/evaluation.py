@@ -20,8 +20,9 @@ Outputs in OUT (each file written atomically):
     per_image.csv, results.csv, table.md, curves.png, results.json   (written by rank 0, see eval_report)
 
 Resuming: a stored output is reused only when its record's key equals the key of the work asked for now:
-the task and method parameters, the budget, the model's weights, the bytes of the source image, the
-image's seed, the LPIPS network and the ipsolve version. Anything else is recomputed (and counted).
+the task and method parameters (a mask file by its bytes), the budget, the model's weights, the bytes of
+the source image, the image's seed, the LPIPS network and the ipsolve version. Anything else is recomputed
+(and counted).
 """
 from __future__ import annotations
 
@@ -221,8 +222,8 @@ class Evaluator:
             self._data_keys[index] = provenance.file_fingerprint(self.images[index])
         return provenance.fingerprint({
             "ipsolve": ipsolve.__version__, "model": self.model_key, "image_shape": list(self.shape),
-            "task": run.task.as_dict(), "method": method_parameters(run, captured_budgets(self.config, run)),
-            "budget": budget,
+            "task": dict(run.task.as_dict(), params=provenance.operator_key(run.task.params)),
+            "method": method_parameters(run, captured_budgets(self.config, run)), "budget": budget,
             "data": self._data_keys[index], "seed": distributed.image_seed(self.config.seed, index),
             "lpips": self.lpips_net})
 
