@@ -17,7 +17,7 @@ import torch
 
 import degradations
 import ipsolve
-from ipsolve import distributed, provenance
+from ipsolve import distributed
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig
 from ipsolve.imageio import load_image, save_image
 from ipsolve.measurement import Measurement, write_measurement
