@@ -83,7 +83,8 @@ PHASES = {
         names=["ipsolve.provenance.x_operator_key__mutmut_*"]
               + [f"ipsolve.services.batch_restore.x_{f}__mutmut_*" for f in ("job_key", "_groups")]
               + ["ipsolve.services.batch_restore.xǁBatchSettingsǁas_dict__mutmut_*",
-                 "ipsolve.services.evaluation.x_as_saved__mutmut_*", "ipsolve.services.evaluation.xǁEvaluatorǁkey__mutmut_*"]
+                 "ipsolve.services.evaluation.x_as_saved__mutmut_*",
+                 "ipsolve.services.evaluation.xǁEvaluatorǁkey__mutmut_*"]
               + [f"ipsolve.resources.x_{f}__mutmut_*" for f in ("estimate_bytes", "unet_forward_bytes")]),
     "pigdm": dict(
         mutate=["solvers/pigdm.py"],
