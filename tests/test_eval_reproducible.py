@@ -2,8 +2,9 @@
 
 PSNR recomputed with numpy from the 8-bit clean/NNNNN.png and each output PNG, LPIPS by the lpips network
 called directly on those files, the nested runs' distance to their final output from the final's PNG:
-means over the images equal the stored values. The data images are 45×38, so the clean images are
-resampled (and quantised to 8 bits) before evaluation.
+means over the images equal the stored values; and the saved outputs are the solver's, rounded to 8 bits
+(the metrics clamp, so a consistent but wrong output would pass the first checks). The data images are
+45×38, so the clean images are resampled (and quantised to 8 bits) before evaluation.
 """
 import csv
 import math
@@ -87,3 +88,22 @@ def test_the_nested_runs_distance_to_their_final_is_recomputed_from_the_saved_pn
                                                            rel=1e-6, abs=1e-12), row
         assert float(row["to_final_lpips"]) == pytest.approx(
             np.mean([lpips_of(lpips_alex, x, f) for x, f in pairs]), rel=1e-4, abs=1e-6), row
+
+
+def test_the_saved_outputs_are_the_solvers_outputs_rounded_to_8_bits(evaluated):
+    """Plain DDRM at 4 NFEs on sr4 run here with each image's own draws, from the saved clean images."""
+    import degradations
+    import solvers
+    from ipsolve.distributed import image_generator, per_image_noise
+    from ipsolve.models import load_model
+
+    out, _ = evaluated
+    clean = torch.stack([torch.from_numpy(pixels(out / "clean" / f"{i:05d}.png")) for i in range(3)])
+    op = degradations.make("sr4", channels=1, image_size=(32, 32))
+    noise = per_image_noise([image_generator(2, i) for i in range(3)])
+    y = op.H(2 * clean - 1)
+    y = y + 0.1 * noise(tuple(y.shape)).to(y)
+    x0 = solvers.ddrm(load_model("gaussian:1x32x32"), y, op, 0.1, solvers.ddrm_timesteps(4), noise=noise)
+    expected = np.round(np.clip((x0.numpy() + 1) / 2, 0, 1) * 255)
+    saved = np.stack([pixels(out / "sr4" / "ddrm" / "nfe004" / f"{i:05d}.png") * 255 for i in range(3)])
+    assert np.abs(saved - expected).max() <= 1 and np.mean(saved != expected) < 0.01
