@@ -391,6 +391,24 @@ def test_every_input_of_an_eval_record_changes_its_key(evaluator, tmp_path, monk
     assert [a == b for a, b in zip(changed, keys)] == [False, True] * 4
 
 
+def test_the_run_its_split_its_budgets_and_the_compared_budgets_are_in_an_eval_key(evaluator):
+    config = evaluator().config
+    task, plain, nested = config.tasks[0], *config.methods
+    both = replace(nested, splits={4: (2, 4), 8: (2, 4)})  # one 2×4 run read at 4 and 8 NFEs
+
+    def key(method, budgets, budget, config=config):
+        return evaluator(config=config).key(evaluation.Run(task, method, budgets), budget, 0)
+
+    keys = {"plain at 8": key(plain, (8,), 8),
+            "its x̂₀ compared at 2, not 4": key(plain, (8,), 8, replace(config, budgets=(2, 8))),
+            "read at 4": key(plain, (4,), 4),
+            "nested": key(replace(plain, nested=True, splits=nested.splits), (8,), 8),
+            "nested 2×4": key(nested, (8,), 8),
+            "nested 4×2": key(replace(nested, splits={4: (2, 2), 8: (4, 2)}), (8,), 8),
+            "one 2×4 run read at 8": key(both, (8,), 8), "one 2×4 run read at 4 and 8": key(both, (4, 8), 8)}
+    assert len(set(keys.values())) == len(keys), keys
+
+
 def test_timestamps_and_the_data_folder_name_are_not_in_an_eval_key(evaluator, tmp_path):
     keys = eval_keys(evaluator())
     for path in (tmp_path / "data").iterdir():
