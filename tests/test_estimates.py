@@ -78,9 +78,22 @@ def test_the_embedded_models_terms_are_the_hand_count_at_two_sizes(side):
         assert estimate_bytes(model, (1, s, s), batch) == batch * (16 * s * s * 8 + 4 * one)
 
 
+def test_a_unet_whose_levels_hold_no_resnet_block_is_the_hand_count():
+    """ch 32, ch_mult [1, 2], no ResnetBlock on the way down, no attention resolution: the channels stay 32
+    down to the middle, whose attention at 16×16 is the only one."""
+    with torch.device("meta"):
+        unet = DDPMUNet(ch=32, out_ch=1, ch_mult=[1, 2], num_res_blocks=0, attn_resolutions=[], image_size=32,
+                        in_channels=1)
+    kept = [(32, 32), (32, 16)]  # conv_in, the downsampled map
+    widest = (64 + 32, 32)       # at 32×32: the 64 channels of the level-1 up block and conv_in's 32
+    assert unet_forward_bytes(unet, 32, 32, 2) == 2 * 4 * values(kept, widest, 16)
+
+
 @pytest.mark.parametrize("shape", [(1, 32, 32), (3, 48, 64)])
 def test_a_model_without_a_unet_is_estimated_by_the_solver_state_alone(shape):
     channels, height, width = shape
     prior = type("Prior", (), {"alphas_cumprod": torch.ones(10)})()
+    network = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3))  # a module, but no DDPM UNet
     for batch in (1, 3):
         assert estimate_bytes(prior, shape, batch) == 16 * batch * channels * height * width * 8
+        assert estimate_bytes(network, shape, batch) == 16 * batch * channels * height * width * 8
