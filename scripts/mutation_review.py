@@ -74,6 +74,18 @@ PHASES = {
         tests=["test_operators.py", "test_operators_composed.py", "test_measurement.py"],
         names=["degradations.registry.x_make__mutmut_*", "degradations.registry.x__composition__mutmut_*",
                "degradations.registry.x__saturation__mutmut_*"]),
+    # what decides reuse, batch groups and memory: the key and estimate functions (the rest of these modules,
+    # orchestration and file writing, is left out: about 10 s a mutant on the shared machine)
+    "bookkeeping": dict(
+        mutate=["ipsolve/services/batch_restore.py", "ipsolve/services/evaluation.py", "ipsolve/provenance.py",
+                "ipsolve/resources.py"],
+        tests=["test_keys.py", "test_estimates.py", "test_eval_reproducible.py"],
+        names=["ipsolve.provenance.x_operator_key__mutmut_*"]
+              + [f"ipsolve.services.batch_restore.x_{f}__mutmut_*" for f in ("job_key", "_groups")]
+              + ["ipsolve.services.batch_restore.xǁBatchSettingsǁas_dict__mutmut_*",
+                 "ipsolve.services.evaluation.x_as_saved__mutmut_*",
+                 "ipsolve.services.evaluation.xǁEvaluatorǁkey__mutmut_*"]
+              + [f"ipsolve.resources.x_{f}__mutmut_*" for f in ("estimate_bytes", "unet_forward_bytes")]),
     "pigdm": dict(
         mutate=["solvers/pigdm.py"],
         tests=["test_solvers_guided.py", "test_solvers_guided_exactness.py", "test_nested_restorers.py",

@@ -204,7 +204,7 @@ def test_anytime_consistency_against_a_direct_computation(tmp_path, digits):
     seen = {}
     final = solvers.ddrm(model, y, op, sigma, solvers.ddrm_timesteps(4), noise=noise,
                          callback=lambda info: seen.setdefault(info["nfe"], info["x0"]))
-    shown = lambda x: ((x + 1) / 2).clamp(0, 1)  # noqa: E731
+    shown = lambda x: (((x + 1) / 2).clamp(0, 1).float() * 255).round() / 255  # noqa: E731 (as saved: 8-bit)
     mse = lambda a, b: ((shown(a) - shown(b)) ** 2).mean().item()  # noqa: E731 (equal-size images: mean of means)
     assert float(rows[("nested", "2")]["to_final_mse"]) == pytest.approx(mse(previews[0], previews[1]), rel=1e-5)
     assert float(rows[("nested", "4")]["to_final_mse"]) == 0

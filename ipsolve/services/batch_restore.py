@@ -96,14 +96,13 @@ class BatchSettings:
 
 
 def job_key(index: int, source: Path, measurement, settings: BatchSettings, model_key: str) -> str:
-    """The fingerprint of what produces a result: the measurement's files' bytes, the model and the settings."""
+    """The fingerprint of what produces a result: the measurement's files' bytes (its mask's among them,
+    through `provenance.operator_key`), the model and the settings."""
     inputs = [source, Path(f"{source}.json")]
-    mask = measurement.op.spec().get("mask_path")
-    inputs += [Path(mask)] if mask else []
     return provenance.fingerprint({
         "ipsolve": ipsolve.__version__, "model": model_key, "settings": settings.as_dict(),
         "files": [provenance.file_fingerprint(p) if p.is_file() else None for p in inputs],
-        "operator": measurement.op.spec(), "sigma_y": float(measurement.sigma_y),
+        "operator": provenance.operator_key(measurement.op.spec()), "sigma_y": float(measurement.sigma_y),
         "seed": distributed.image_seed(settings.seed, index)})
 
 

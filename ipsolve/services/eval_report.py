@@ -145,7 +145,7 @@ def markdown_table(rows: list[dict], aucs: dict, config, model_name: str, lpips_
               "|---|" + "---|" * len(config.methods)]
     for task in config.tasks:
         lines.append(f"| {task.name} | " + " | ".join(_cell(aucs[task.name][m.name], 1) for m in config.methods) + " |")
-    lines += ["", "Notes: PSNR per image on [0, 1] after clamping the float output, then the mean over images. "
+    lines += ["", "Notes: PSNR per image on [0, 1] of the 8-bit outputs as saved, then the mean over images. "
               "FID and KID compare the saved outputs with the clean images (clean-fid, "
               f"mode {config.fid_mode}). A cell marked * made a different number of network calls than its "
               "budget (vanilla DDRM's grid makes 31 calls for 30). Noise: "
@@ -227,7 +227,7 @@ def metadata(config, images: list[Path], model_name: str, shape: tuple, workers,
                   "measurement noise first, then every solver draw"},
         "noise_units": {t.name: {"sigma_y_pixel": t.sigma_y_pixel, "sigma_y_model": t.sigma_y_model}
                         for t in config.tasks},
-        "metrics": {"psnr": "per image on [0, 1] after clamping, float outputs; mean over images",
+        "metrics": {"psnr": "per image on [0, 1], the 8-bit outputs and clean images as saved; mean over images",
                     "lpips": lpips, "fid": fid, "kid": fid and "clean-fid kernel_distance (polynomial kernel)",
                     "log_fid_auc": "trapezoid area under ln(FID) against exact NFE over the evaluated budgets"},
         "processes": workers.world_size,

@@ -24,8 +24,9 @@ Outputs in OUT (each file written atomically):
                                             could not: they are left out of every table)
 
 Resuming: a stored output is reused only when its record's key equals the key of the work asked for now:
-the task and method parameters, the budget, the model's weights, the bytes of the source image, the
-image's seed, the LPIPS network and the ipsolve version. Anything else is recomputed (and counted).
+the task and method parameters (a mask file by its bytes), the budget, the model's weights, the bytes of
+the source image, the image's seed, the LPIPS network and the ipsolve version. Anything else is recomputed
+(and counted).
 """
 from __future__ import annotations
 
@@ -146,6 +147,11 @@ def load_clean(path: Path, shape: tuple) -> torch.Tensor:
     return (image * 255).round() / 255
 
 
+def as_saved(x0: torch.Tensor) -> torch.Tensor:
+    """Model-space outputs as their 8-bit PNG files hold them (what every metric measures)."""
+    return (from_model(x0).clamp(0, 1).float() * 255).round() / 255
+
+
 def solve(model, run: Run, clean: torch.Tensor, op, generators, capture: tuple = ()) -> tuple[dict, dict]:
     """Measure `clean` ([0, 1] images) with `op` and run the solver: ({budget: (x0 in model space, NFE)},
     {n: the plain solver's x̂₀ after n calls} for each n of `capture` (plain solvers only))."""
@@ -223,8 +229,8 @@ class Evaluator:
             self._data_keys[index] = provenance.file_fingerprint(self.images[index])
         return provenance.fingerprint({
             "ipsolve": ipsolve.__version__, "model": self.model_key, "image_shape": list(self.shape),
-            "task": run.task.as_dict(), "method": method_parameters(run, captured_budgets(self.config, run)),
-            "budget": budget,
+            "task": dict(run.task.as_dict(), params=provenance.operator_key(run.task.params)),
+            "method": method_parameters(run, captured_budgets(self.config, run)), "budget": budget,
             "data": self._data_keys[index], "seed": distributed.image_seed(self.config.seed, index),
             "lpips": self.lpips_net})
 
@@ -270,10 +276,10 @@ class Evaluator:
         generators = [distributed.image_generator(self.config.seed, i) for i in batch]
         with torch.no_grad():
             results, trajectory = solve(self.model, run, clean, op, generators, captured_budgets(self.config, run))
-        final = from_model(results[max(results)][0]).clamp(0, 1)
-        along = {b: distances(from_model(x0).clamp(0, 1), final, self.lpips_net) for b, x0 in trajectory.items()}
+        final = as_saved(results[max(results)][0])
+        along = {b: distances(as_saved(x0), final, self.lpips_net) for b, x0 in trajectory.items()}
         for budget, (x0, nfe) in results.items():
-            restored = from_model(x0).clamp(0, 1)
+            restored = as_saved(x0)
             psnrs = metrics.psnr(restored, clean).tolist()
             lpipses = (metrics.lpips_distance(restored, clean, net=self.lpips_net).tolist()
                        if self.lpips_net else [math.nan] * len(batch))
