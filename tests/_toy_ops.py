@@ -104,3 +104,24 @@ def gaussian_problem(name, sigma_y, seed=3, shape=(1, 4, 4), batch=1):
     op = degradations.make(name, channels=shape[0], image_size=shape[1:])
     clean = op.H(prior.sample(batch, g))
     return prior, op, clean + sigma_y * torch.randn(clean.shape, generator=g, dtype=torch.float64)
+
+
+def dps_step_by_hand(t, t_next):
+    """One DPS step by hand on gaussian_problem("sr2", 0.1) from seeded x_t (generator 10) with the noise
+    draw z (generator 11): x̂₀ = μ + M (x_t − √ᾱ μ), M = √ᾱ Σ (ᾱΣ + (1−ᾱ)I)⁻¹, r = y − A x̂₀,
+    ∇_{x_t}‖r‖ = −Mᵀ Aᵀ r / ‖r‖; the ancestral step with the posterior variance β̃. Returns (problem, x_t, z,
+    the unguided step, the gradient, r): the guided step with weight ζ is `unguided − ζ · gradient`."""
+    prior, op, y = gaussian_problem("sr2", 0.1)
+    a_mat = DenseOperator.copy_of(op).matrix
+    x_t = torch.randn(1, 16, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    z = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    a, a_next = prior.alphas_cumprod[t], prior.alphas_cumprod[t_next]
+    mu, sigma = prior.means[0], prior.covariances[0]
+    m = a.sqrt() * sigma @ torch.linalg.inv(a * sigma + (1 - a) * torch.eye(16, dtype=torch.float64))
+    x0 = mu + (x_t[0] - a.sqrt() * mu) @ m.T
+    r = y.reshape(-1) - a_mat @ x0
+    grad = -(m.T @ a_mat.T @ r) / r.norm()
+    beta = 1 - a / a_next
+    mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x_t[0]) / (1 - a)
+    return (prior, op, y), x_t, z, mean + (beta * (1 - a_next) / (1 - a)).sqrt() * z.reshape(-1), grad, r
+

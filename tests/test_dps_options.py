@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import solvers
-from _toy_ops import DenseOperator, gaussian_problem
+from _toy_ops import dps_step_by_hand, gaussian_problem
 
 F64 = torch.float64
 BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=F64)  # the schedule of gaussian_problem's prior
@@ -15,22 +15,10 @@ def generator(seed=0):
 
 
 def one_step_by_hand(t, t_next, zeta):
-    """(DPS's x after one step from x_t at t to t' with the guidance weight ζ, computed by hand, and the run's
-    x): on a Gaussian prior x̂₀ = μ + M (x_t − √ᾱ μ), M = √ᾱ Σ (ᾱΣ + (1−ᾱ)I)⁻¹, ∇‖y − A x̂₀‖ = −Mᵀ Aᵀ r / ‖r‖."""
-    prior, op, y = gaussian_problem("sr2", 0.1)
-    a_mat = DenseOperator.copy_of(op).matrix
-    x_t = torch.randn(1, 16, generator=generator(10), dtype=F64)
-    z = torch.randn(1, 1, 4, 4, generator=generator(11), dtype=F64)
-    a, a_next = torch.prod(1 - BETAS[:t + 1]), torch.prod(1 - BETAS[:t_next + 1])
-    mu, sigma = prior.means[0], prior.covariances[0]
-    m = a.sqrt() * sigma @ torch.linalg.inv(a * sigma + (1 - a) * torch.eye(16, dtype=F64))
-    x0 = mu + (x_t[0] - a.sqrt() * mu) @ m.T
-    r = y.reshape(-1) - a_mat @ x0
-    grad = -(m.T @ a_mat.T @ r) / r.norm()
-    beta = 1 - a / a_next
-    mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x_t[0]) / (1 - a)
-    expected = mean + (beta * (1 - a_next) / (1 - a)).sqrt() * z.reshape(-1) - zeta * grad
-    return expected, lambda **options: _second_state(prior, y, op, [t, t_next], x_t, z, **options)
+    """(DPS's x after one step from x_t at t to t' with the guidance weight ζ, computed by hand
+    (`dps_step_by_hand`), and the run's x as a function of dps's options)."""
+    (prior, op, y), x_t, z, unguided, grad, _ = dps_step_by_hand(t, t_next)
+    return unguided - zeta * grad, lambda **options: _second_state(prior, y, op, [t, t_next], x_t, z, **options)
 
 
 def _second_state(prior, y, op, grid, x_t, z, **options):

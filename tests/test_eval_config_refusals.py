@@ -9,7 +9,6 @@ subprocess, to see that nothing but the one line reaches stderr. Last, hypothesi
 key: the config is accepted, or refused with one line naming the key — never a traceback.
 """
 import copy
-import hashlib
 import math
 import os
 import subprocess
@@ -25,6 +24,7 @@ from hypothesis import strategies
 from ipsolve.cli import main
 from ipsolve.config import load_eval_config
 from ipsolve.imageio import save_image
+from _trees import tree
 
 VALID = {"model": "gaussian:1x32x32", "seed": 3, "batch_size": 2,
          "tasks": ["deno", {"name": "inp30", "operator": "inp", "sigma_y_pixel": 0.05, "seed": 0}],
@@ -160,18 +160,6 @@ def mutations():
 
 
 CASES = list(mutations())
-
-
-def tree(folder: Path) -> dict:
-    """Every file (its bytes' hash) and folder under `folder`, by relative path."""
-    found = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(root, name), folder)] = "folder"
-        for name in files:
-            path = os.path.join(root, name)
-            found[os.path.relpath(path, folder)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return found
 
 
 @pytest.fixture(scope="module")

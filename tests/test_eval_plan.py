@@ -3,7 +3,6 @@ outputs over inputs, the budget rule shared with restore, exit codes 0 / 1 / 2.
 
 Every test runs the command line in-process on two or three digits with the exact Gaussian prior.
 """
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,21 +15,11 @@ from ipsolve.cli import main
 from ipsolve.config import load_eval_config
 from ipsolve.imageio import save_image
 from ipsolve.restore import check_schedule
+from _trees import tree
 
 CONFIG = {"model": "gaussian:1x32x32", "seed": 1, "batch_size": 2, "budgets": [2, 4],
           "tasks": [{"name": "deno", "operator": "deno", "sigma_y_pixel": 0.05}],
           "methods": {"ddrm": {"eta": 0.85}}, "metrics": {"lpips": None, "fid": None}}
-
-
-def tree(folder: Path) -> dict:
-    found = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(root, name), folder)] = "folder"
-        for name in files:
-            path = Path(root) / name
-            found[os.path.relpath(path, folder)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ or outside --out, compare what --out holds with what they would write, and exit 
 folder failed."""
 import csv
 import errno
-import hashlib
 import json
 import shutil
 import socket
@@ -14,14 +13,9 @@ import pytest
 
 from ipsolve.cli import main
 from test_cli import EXAMPLES
+from _trees import tree
 
 FAST = ["--outer", "1", "--inner", "2", "--quiet"]
-
-
-def tree(folder: Path) -> dict:
-    """Every file and folder under `folder` (hidden ones included): its bytes' digest, or "folder"."""
-    return {str(path.relative_to(folder)): "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*"))}
 
 
 def run(capsys, *args):

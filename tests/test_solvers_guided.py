@@ -7,7 +7,8 @@ import torch
 
 import degradations
 import solvers
-from _toy_ops import DenseOperator, Recorder, gaussian_problem, linear_alphas_cumprod, random_gaussian_prior
+from _toy_ops import (DenseOperator, Recorder, dps_step_by_hand, gaussian_problem, linear_alphas_cumprod,
+                      random_gaussian_prior)
 from ipsolve.models import GaussianPrior
 
 F64 = torch.float64
@@ -175,22 +176,11 @@ class Float32:
 def test_dps_one_step_by_hand():
     """One DPS step on a Gaussian prior, where x̂₀ = μ + M (x_t − √ᾱ μ) with M = √ᾱ Σ (ᾱΣ + (1−ᾱ)I)⁻¹,
     so ∇_{x_t} ‖y − A x̂₀‖ = −Mᵀ Aᵀ r / ‖r‖; the ancestral step uses the posterior variance β̃."""
-    prior, op, y = gaussian_problem("sr2", 0.1)
-    a_mat = DenseOperator.copy_of(op).matrix
-    x_t = torch.randn(1, 16, generator=generator(10), dtype=F64)
-    z = torch.randn(1, 1, 4, 4, generator=generator(11), dtype=F64)
+    (prior, op, y), x_t, z, unguided, grad, r = dps_step_by_hand(600, 350)
     infos = []
     solvers.dps(prior, y, op, [600, 350], step_size=0.7, x_T=x_t.reshape(1, 1, 4, 4), noise=lambda shape: z,
                 callback=infos.append)
-    a, a_next = prior.alphas_cumprod[600], prior.alphas_cumprod[350]
-    mu, sigma = prior.means[0], prior.covariances[0]
-    m = a.sqrt() * sigma @ torch.linalg.inv(a * sigma + (1 - a) * torch.eye(16, dtype=F64))
-    x0 = mu + (x_t[0] - a.sqrt() * mu) @ m.T
-    r = y.reshape(-1) - a_mat @ x0
-    grad = -(m.T @ a_mat.T @ r) / r.norm()
-    beta = 1 - a / a_next
-    mean = (a_next.sqrt() * beta * x0 + (a / a_next).sqrt() * (1 - a_next) * x_t[0]) / (1 - a)
-    expected = mean + (beta * (1 - a_next) / (1 - a)).sqrt() * z.reshape(-1) - 0.7 * grad
+    expected = unguided - 0.7 * grad
     torch.testing.assert_close(infos[1]["x"].reshape(-1), expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(infos[0]["distance"], r.norm().reshape(1), rtol=1e-10, atol=1e-10)
     infos = []  # without step_size: the default ζ = 1, i.e. 0.3 more of the same gradient
