@@ -231,13 +231,14 @@ def _nested_splits(data: dict, budgets: tuple, where: str) -> dict:
         splits = {b: (max(budgets) // inner, inner) for b in budgets}
         split_of = lambda budget: f"{where}.inner_steps"  # noqa: E731
     for budget, (outer, inner) in splits.items():
+        named = f"budgets[{budgets.index(budget)}]"  # the other key of the refusal
         if budget % inner:
-            raise ValueError(f"{split_of(budget)}: budget {budget} is no whole number of inner runs of {inner} "
-                             f"NFE (every budget must be a multiple of the inner steps, {inner})")
+            raise ValueError(f"{split_of(budget)}: {named}, {budget} NFE, is no whole number of inner runs of "
+                             f"{inner} NFE (every budget must be a multiple of the inner steps, {inner})")
         try:
             check_schedule(outer, inner, budget)
         except ValueError as error:
-            raise ValueError(f"{split_of(budget)}: {error}") from None
+            raise ValueError(f"{split_of(budget)} and {named}: {error}") from None
     return {b: splits[b] for b in budgets}
 
 

@@ -135,7 +135,7 @@ def test_a_budget_above_outer_x_inner_is_refused_with_restore_s_rule(world):
         load_eval_config(config)
     with pytest.raises(ValueError) as restore_says:
         check_schedule(1, 2, 4)
-    assert str(refused.value).endswith(f"methods.nested.splits.4: {restore_says.value}")
+    assert str(refused.value).endswith(f"methods.nested.splits.4 and budgets[1]: {restore_says.value}")
 
 
 def test_a_budget_above_the_model_s_steps_is_refused_before_writing(world, capsys):

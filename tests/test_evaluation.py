@@ -70,7 +70,7 @@ def test_paper_config_reads_four_tasks_with_both_noise_units():
 
 
 def test_config_errors_say_what_is_wrong(tmp_path):
-    with pytest.raises(ValueError, match="methods.nested.inner_steps: budget 2 is no whole number of inner runs of 3"):
+    with pytest.raises(ValueError, match=r"methods.nested.inner_steps: budgets\[0\], 2 NFE, is no whole number of inner runs of 3"):
         load_eval_config(write_config(tmp_path, methods={"nested": {"inner_steps": 3}}))
     with pytest.raises(ValueError, match="small.yml: budget is not a key here: the allowed keys are model, tasks"):
         load_eval_config(write_config(tmp_path, budget=[2]))
