@@ -103,7 +103,7 @@ def test_a_forbidden_import_is_caught_even_inside_a_function(module, source):
 
 # ---------------------------------------------------------------- front-ends only build a plan and run it
 
-PLAN_COMMANDS = ("restore", "degrade", "generate")  # ipsolve/cli/NAME.py: `run_NAME` is the command
+PLAN_COMMANDS = ("restore", "degrade", "generate", "eval")  # ipsolve/cli/NAME.py: `run_NAME` is the command
 PRESENTATION = ("ipsolve.services.values", "ipsolve.services.interrupts", "ipsolve.services.progress")
 PLAN_NAME = re.compile(r"plan_\w+|run_\w+_plan|\w+Request|\w+Plan")
 

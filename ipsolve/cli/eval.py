@@ -35,11 +35,12 @@ EXIT_SOME_FAILED = 1
 def run_eval(args) -> int:
     """`ipsolve eval`: run, then print where the tables are and how much was reused (rank 0); exit code 1
     when some images could not be read (the line says how many, failed.csv why)."""
-    from ipsolve.services.evaluation import run_evaluation
+    from ipsolve.services.evaluation import plan_eval, run_eval_plan
 
-    out, report = run_evaluation(args.config, args.data, args.out, model_name=args.model, limit=args.limit,
-                                 device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
-                                 fid=not args.no_fid)
+    plan = plan_eval(args.config, args.data, args.out, model_name=args.model, limit=args.limit, device=args.device,
+                     batch_size=args.batch_size, overwrite=args.overwrite, fid=not args.no_fid)
+    report = run_eval_plan(plan)
+    out = plan.layout.root
     if not report:
         return 0
     if report["images"]:

@@ -10,7 +10,7 @@
   manifest); the same settings resume; other settings are refused with the first difference named,
   unless `overwrite`, whose plan lists exactly the files the earlier evaluation recorded it wrote (a
   user's own files in the folder are never among them).
-`EvalPlan` is immutable; `evaluation.run_plan` only runs it.
+`EvalPlan` is immutable; `evaluation.run_eval_plan` (through `run_plan`) only runs it.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ WRITTEN = re.compile(r"\.?\d{5}(\.[0-9a-f]{32}\.tmp)?\.(png|json)")
 
 @dataclass(frozen=True)
 class EvalPlan:
-    """An evaluation, checked: run it with `evaluation.run_plan`."""
+    """An evaluation, checked: run it with `evaluation.run_eval_plan`."""
     config: EvalConfig
     config_file: str | None
     images: tuple

@@ -375,6 +375,23 @@ def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str 
     with other settings is refused unless `overwrite`. In a torchrun job every rank calls this; rank 0
     aggregates after a barrier, the others return {}.
     """
+    plan = _planned(config, data_dir, out_dir, model, model_name, limit, device, batch_size, overwrite, config_file)
+    return run_eval_plan(plan)
+
+
+def plan_eval(config_name, data_dir, out_dir=None, *, model_name=None, limit=None, device=None, batch_size=None,
+              overwrite=False, fid=True):
+    """`ipsolve eval`'s checked plan (`eval_plan.EvalPlan`): the config by name or path (without FID / KID
+    unless `fid`), into `out_dir` (default runs/eval-CONFIG). This process joins the torchrun group here;
+    `run_eval_plan` leaves it."""
+    config = load_eval_config(config_name)
+    if not fid:
+        config = replace(config, fid_mode=None)
+    out = Path(out_dir or f"runs/eval-{Path(config_name).stem}")
+    return _planned(config, data_dir, out, None, model_name, limit, device, batch_size, overwrite, str(config_name))
+
+
+def _planned(config, data_dir, out_dir, model, model_name, limit, device, batch_size, overwrite, config_file):
     from ipsolve.services.eval_plan import plan_evaluation
 
     if batch_size is not None:
@@ -383,21 +400,23 @@ def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str 
         config = replace(config, model=model_name)
     workers = distributed.start(device)
     try:
-        plan = plan_evaluation(config, data_dir, out_dir, workers, model=model, limit=limit, overwrite=overwrite,
+        return plan_evaluation(config, data_dir, out_dir, workers, model=model, limit=limit, overwrite=overwrite,
                                config_file=config_file)
+    except BaseException:
+        distributed.stop(workers)
+        raise
+
+
+def run_eval_plan(plan) -> dict:
+    """Run a checked `plan` (`run_plan`), then leave the torchrun group; rank 0's report, {} elsewhere."""
+    try:
         return run_plan(plan)
     finally:
-        distributed.stop(workers)
+        distributed.stop(plan.workers)
 
 
-def run_evaluation(config_name, data_dir, out_dir=None, *, model_name=None, limit=None, device=None,
-                   batch_size=None, overwrite=False, fid=True):
-    """`ipsolve eval`: the config by name or path (without FID / KID unless `fid`), into `out_dir` (default
-    runs/eval-CONFIG); (the output folder, `evaluate`'s report: None on ranks other than 0)."""
-    config = load_eval_config(config_name)
-    if not fid:
-        config = replace(config, fid_mode=None)
-    out = Path(out_dir or f"runs/eval-{Path(config_name).stem}")
-    report = evaluate(config, data_dir, out, model_name=model_name, limit=limit, device=device,
-                      batch_size=batch_size, overwrite=overwrite, config_file=str(config_name))
-    return out, report
+def run_evaluation(config_name, data_dir, out_dir=None, **options):
+    """`ipsolve eval` as one call: (the output folder, the report; {} on ranks other than 0). `options` are
+    `plan_eval`'s."""
+    plan = plan_eval(config_name, data_dir, out_dir, **options)
+    return plan.layout.root, run_eval_plan(plan)
