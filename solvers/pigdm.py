@@ -97,6 +97,7 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
 
 
 def check_choice(name: str, value: str, choices) -> None:
+    """ValueError (one line) unless `value` is one of `choices`."""
     if value not in choices:
         raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")
 
