@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import alpha_bar, check_timesteps, denoise, noise_drawer, report, with_next
-from .common import divergence_checked
+from .common import alpha_bar, check_timesteps, denoise, divergence_checked, noise_drawer, report, with_next
 from .ddpm import ancestral_step
 
 STEP_SCHEDULES = ("constant", "beta")

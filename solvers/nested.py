@@ -76,19 +76,19 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
-    (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start), "dps" (y, forward; step_size), "ddim" (eta), "ddpm"
-    (variance) or "dpm_solver" (order, variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator
-    with an SVD; pigdm takes any linear operator with H and Ht, dps any differentiable forward.
-    dps also takes clip_x0 and step_schedule (see solvers.dps).
+    (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start), "dps" (y, forward; step_size, clip_x0,
+    step_schedule), "ddim" (eta), "ddpm" (variance) or "dpm_solver" (order, variant) — those options go in
+    **inner_kwargs. ddrm and ddnm need an operator with an SVD; pigdm takes any linear operator with H and
+    Ht, dps any differentiable forward.
     outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the schedule's).
     inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule
     ("uniform", "front", "back") shares the S·I calls out over the outer steps (`inner_step_counts`).
     schedule: "matched" or "paper" (module doc); None → "matched" for inner samplers that take y, else "paper".
     inner_grid: callable(t, count) → the inner timesteps (default: the schedule's, see the module doc).
     x_T: the first outer state; None → DDRM's y-aware initialisation at the top time for "ddrm" (so
-    S = 1 equals plain DDRM with the same draws), ΠGDM's `start` for "pigdm", standard normal noise shaped as
-    the operator's images (y's dtype/device) for ddnm and dps (their plain start), else standard normal noise of `shape`
-    (dtype/device). Every inner run starts from the outer state itself, never re-initialised.
+    S = 1 equals plain DDRM with the same draws), ΠGDM's `start` for "pigdm", standard normal noise shaped
+    as the operator's images (y's dtype/device) for ddnm and dps (their plain start), else standard normal
+    noise of `shape` (dtype/device). Every inner run starts from the outer state itself, never re-initialised.
     budget: cap on the total number of model calls, planned from the start (`planned_inner_counts`: the
     inner runs that fit whole are kept and lengthened to share the whole budget; none is cut short).
     eta_outer: η of the outer DDIM step. Random draws come from `noise` or `generator`, as in the samplers.
