@@ -4,8 +4,8 @@
 generate`'s arguments). `plan_generation(request)` checks them and loads the model into a `GeneratePlan`
 (nothing written); `run_generation_plan(plan)` samples with `ipsolve.generation.generate` applying human
 feedback (`ipsolve.feedback`: --pick / --picks, --prompt-at / --class-at, --interactive) and writes the run
-folder: every preview the moment it exists, final.png, strip.png, anytime.gif and run.json (`run_record`). The studio drives the same pieces step by step
-(`conditioning`, `write_preview`, `run_record`).
+folder: every preview the moment it exists, final.png, strip.png, anytime.gif and run.json (`run_record`).
+The studio drives the same pieces step by step (`conditioning`, `write_preview`, `run_record`).
 """
 from __future__ import annotations
 
