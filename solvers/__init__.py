@@ -7,6 +7,8 @@ returns x̂₀; randomness comes from `noise(shape)` or a `generator`; callback(
 A state or x̂₀ that stops being finite raises SolverDiverged (one line: solver, call, t, a remedy).
 Restorers: ddrm, ddnm (SVD operators; ddnm's grid may jump back up), pigdm (linear H with Ht), dps (any
 differentiable forward); pigdm and dps take one backward pass through the network per call.
+Estimates: K posterior draws per measurement in one batch (repeat_for_samples, split_samples,
+sample_estimate, nested(samples=K)) give the posterior mean and per-pixel std (estimate, PosteriorEstimate).
 """
 from .common import SolverDiverged
 from .ddim import ddim
@@ -15,6 +17,7 @@ from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .dps import dps
+from .estimates import PosteriorEstimate, estimate, repeat_for_samples, sample_estimate, split_samples
 from .nested import NestedRun, Preview, inner_run_lengths, nested, plan
 from .pigdm import STARTS as PIGDM_STARTS
 from .pigdm import WEIGHTS as PIGDM_WEIGHTS
@@ -30,4 +33,5 @@ __all__ = [
     "inner_timesteps", "dpm_inner_timesteps", "sd_inner_timesteps", "outer_timesteps", "sd_outer_timesteps",
     "inner_step_counts", "linspace_timesteps", "cut_to_budget", "plain_ddrm_timesteps", "planned_inner_counts",
     "matched_inner_timesteps", "inner_run_lengths", "plan",
+    "PosteriorEstimate", "estimate", "repeat_for_samples", "split_samples", "sample_estimate",
 ]

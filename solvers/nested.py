@@ -31,6 +31,7 @@ from .ddpm import ddpm
 from .ddrm import ddrm, ddrm_init
 from .dpm_solver import dpm_solver
 from .dps import dps
+from .estimates import PosteriorEstimate, check_samples, check_start, estimate, repeat_for_samples, split_samples
 from .pigdm import DEFAULT_START, pigdm, pigdm_start
 from .timesteps import (ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, inner_timesteps,
                         matched_inner_timesteps, outer_timesteps, plain_ddrm_timesteps, planned_inner_counts)
@@ -60,19 +61,22 @@ MATCHED_REACH = 1.0  # < 1 starts later runs lower: better on average, worse at 
 @dataclass(frozen=True)
 class Preview:
     """The anytime answer after an inner run: x0 (model space, unclipped) after `nfe` model calls in all,
-    at outer step `step` (1…S) whose time is t; x is the outer state the inner run started from."""
+    at outer step `step` (1…S) whose time is t; x is the outer state the inner run started from.
+    With nested(..., samples=K), `estimate` is the posterior mean and std of x0's K draws per measurement."""
 
     x0: torch.Tensor
     nfe: int
     step: int
     t: int
     x: torch.Tensor
+    estimate: PosteriorEstimate | None = None
 
 
 def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_steps=None, x_T=None, shape=None,
            budget: int | None = None, eta_outer: float = 0.0, generator=None, noise=None, cond=None, hook=None,
            *, schedule: str | None = None, outer_timesteps: list[int] | None = None, inner_schedule: str = "uniform",
-           inner_grid=None, callback=None, dtype=None, device=None, **inner_kwargs) -> NestedRun:
+           inner_grid=None, callback=None, dtype=None, device=None, samples: int | None = None,
+           **inner_kwargs) -> NestedRun:
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
@@ -95,6 +99,9 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     cond: passed to the model untouched (when not None); `run.set_cond` changes it for later inner runs.
     hook(preview, run): called after every inner run, before the preview is yielded.
     callback(info): after every model call; info as the samplers', nfe counted over the whole run, plus step.
+    samples: K draws per measurement in one batch, for restorers (inner samplers that take y): y is repeated
+    measurement-major (`repeat_for_samples`, B → B·K rows; an x_T or a batched cond must have those B·K rows)
+    and every Preview carries the `estimate` (posterior mean and std) of its x0 split by K.
     """
     if inner not in INNER_SAMPLERS:
         raise ValueError(f"inner sampler {inner!r} is not one of {', '.join(INNER_SAMPLERS)}")
@@ -110,6 +117,12 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
         require_svd(inner_kwargs["op"], inner)
     if eta_outer < 0:
         raise ValueError(f"eta_outer must be non-negative, got {eta_outer}")
+    if samples is not None:
+        check_samples(samples)
+        if "y" not in INNER_OPTIONS[inner]:
+            raise ValueError(f"samples= draws per measurement y; the {inner} inner sampler takes none")
+        inner_kwargs["y"] = repeat_for_samples(inner_kwargs["y"], samples)
+        check_start(x_T, inner_kwargs["y"].shape[0], samples)
     schedule = _schedule(inner, schedule)
     outer_grid, inner_grids = _plan(model, inner, outer_steps, inner_steps, outer_timesteps, inner_schedule,
                                     inner_grid, budget, schedule)
@@ -131,7 +144,7 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
         like = torch.empty((), dtype=dtype or torch.get_default_dtype(), device=device)
         x_T = noise_drawer(noise, generator)(tuple(shape), like)
     return NestedRun(model, inner, outer_grid, inner_grids, x_T, eta_outer, noise, generator, cond, hook, callback,
-                     inner_kwargs)
+                     inner_kwargs, samples)
 
 
 class NestedRun:
@@ -140,12 +153,14 @@ class NestedRun:
     Breaking out of the loop stops early (iterating again resumes). Between outer steps — from a hook or
     the loop body — `keep(indices)` and `set_cond(cond)` steer the following steps. The plan is fixed at
     construction: `outer_timesteps` (one int per outer step that runs) and `inner_timesteps` (their grids);
-    `total_nfe` is the number of model calls of the whole run, `nfe` the number made so far.
+    `total_nfe` is the number of model calls of the whole run, `nfe` the number made so far; `samples` is K
+    (draws per measurement) or None.
     """
 
     def __init__(self, model, inner, outer_timesteps, inner_timesteps, x_T, eta_outer, noise, generator, cond, hook,
-                 callback, inner_kwargs):
+                 callback, inner_kwargs, samples=None):
         self.model, self.inner, self.eta_outer, self.hook, self.callback = model, inner, eta_outer, hook, callback
+        self.samples = samples
         self.outer_timesteps, self.inner_timesteps = outer_timesteps, inner_timesteps
         self.inner_kwargs, self.noise, self.generator = inner_kwargs, noise, generator
         self.total_nfe = sum(len(grid) for grid in inner_timesteps)
@@ -164,6 +179,8 @@ class NestedRun:
         tensor `cond` with the batch's leading size are replicated alike. Applies to the next outer step."""
         if self._x0 is None:
             raise ValueError("keep() chooses among previews: call it after the first outer step")
+        if self.samples is not None:
+            raise ValueError("keep() would duplicate draws of a samples= run and shrink its std: not allowed")
         batch = self._x.shape[0]
         indices = [int(i) for i in ([indices] if isinstance(indices, int) else indices)]
         if not indices or not all(0 <= i < batch for i in indices):
@@ -184,12 +201,15 @@ class NestedRun:
         for step, (t, grid) in enumerate(zip(self.outer_timesteps, self.inner_timesteps), start=1):
             self._x0 = self._inner_run(grid, step)
             self.nfe += len(grid)
-            self.latest = Preview(self._x0, self.nfe, step, t, self._x)
+            self.latest = Preview(self._x0, self.nfe, step, t, self._x, self._estimate())
             if self.hook is not None:
                 self.hook(self.latest, self)
             yield self.latest
             if step < steps:
                 self._x = self._outer_step(t, self.outer_timesteps[step], step)
+
+    def _estimate(self):
+        return None if self.samples is None else estimate(split_samples(self._x0, self.samples))
 
     def _inner_run(self, grid, step):
         offset = self.nfe
