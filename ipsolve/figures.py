@@ -1,5 +1,6 @@
 """Figures a person reads at a glance: the anytime strip and its animation.
 
+`std_picture(std)` draws a posterior std map, colour-mapped with a scale bar (`ipsolve restore --estimate mean`).
 `anytime_strip(measurement, previews, nfes, psnrs)` draws, left to right, the measurement (shown at the
 image's size, e.g. H⁺y) and every anytime preview, each column labelled with its NFE (and each tile with its
 PSNR when a clean image is known); one row per sample. Small images are enlarged with nearest-neighbour
@@ -83,3 +84,42 @@ def _enlarged(image: torch.Tensor, width: int, height: int) -> Image.Image:
 def _centred(draw, text, left, width, top, font) -> None:
     text_width = draw.textlength(text, font=font)
     draw.text((left + max(0.0, (width - text_width) / 2), top), text, fill=INK, font=font)
+
+
+STD_COLORMAP = "viridis"  # perceptual and readable in grey: dark = certain, bright = uncertain
+
+
+def std_picture(std: torch.Tensor, title: str | None = None) -> Image.Image:
+    """A per-pixel posterior std (C, H, W) in [0, 1] pixel units as an RGB picture: colour-mapped
+    (`STD_COLORMAP`, the root mean square over channels for colour images), enlarged with nearest-neighbour
+    interpolation like the strip's tiles (longer side at least `MIN_TILE`), with a scale bar labelled in
+    [0, 1] pixel units from 0 to the largest std shown."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    std = std.detach().to("cpu", torch.float32)
+    values = std.square().mean(dim=0).sqrt().numpy() if std.ndim == 3 else std.numpy()
+    height, width = values.shape
+    scale = max(1, math.ceil(MIN_TILE / max(height, width)))
+    dpi = 100
+    tile_w, tile_h = width * scale / dpi, height * scale / dpi
+    figure = plt.figure(figsize=(tile_w + 1.6, tile_h + (0.5 if title else 0.2)), dpi=dpi)
+    left, bottom = 0.1 / figure.get_figwidth(), 0.1 / figure.get_figheight()
+    axes = figure.add_axes((left, bottom, tile_w / figure.get_figwidth(), tile_h / figure.get_figheight()))
+    shown = axes.imshow(values, cmap=STD_COLORMAP, vmin=0.0, vmax=max(float(values.max()), 1 / 255),
+                        interpolation="nearest")
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title, fontsize=10)
+    bar = figure.add_axes((left + (tile_w + 0.1) / figure.get_figwidth(), bottom, 0.15 / figure.get_figwidth(),
+                           tile_h / figure.get_figheight()))
+    figure.colorbar(shown, cax=bar).set_label("posterior std, [0, 1] pixel units", fontsize=9)
+    bar.tick_params(labelsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")

@@ -29,7 +29,8 @@ def check_steps(model, outer: int, inner: int) -> None:
 
 
 def check_fits(model, image_shape: tuple, batch: int, device, force: bool = False) -> int:
-    """The estimated peak bytes of solving a batch of `image_shape` images; ValueError when it exceeds
+    """The estimated peak bytes of solving a batch of `image_shape` images (every row: `ipsolve restore`
+    --batch N --samples K passes N·K); ValueError when it exceeds
     the memory available on `device` (unless `force`)."""
     needed = estimate_bytes(model, image_shape, batch)
     limit = int(USABLE_FRACTION * available_bytes(torch.device(device)))

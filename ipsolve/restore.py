@@ -23,11 +23,14 @@ from ipsolve.models.unet import DDPMUNet
 
 @dataclass(frozen=True)
 class Preview:
-    """An anytime image: x0 (B, C, H, W) in model space after `nfe` network evaluations in all."""
+    """An anytime image: x0 (B, C, H, W) in model space after `nfe` network evaluations in all. With
+    samples=K, x0 holds the K draws of every measurement (B·K rows, measurement-major) and `estimate` their
+    `solvers.estimates.PosteriorEstimate` (mean and per-pixel std, model space); else None."""
 
     x0: torch.Tensor
     nfe: int
     step: int  # 1-based count of previews so far
+    estimate: object = None
 
 
 def preview_marks(outer: int, inner: int, budget: int | None = None) -> list[int]:
@@ -90,7 +93,8 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
             solver: str = "ddrm", eta: float | None = None, eta_b: float | None = None,
             step_size: float | None = None, weight: str | None = None, batch: int = 1, vanilla: bool = False,
             schedule: str | None = None, generator: torch.Generator | None = None, on_preview=None,
-            on_nfe=None, clip_x0: bool | None = None, step_schedule: str | None = None) -> list[Preview]:
+            on_nfe=None, clip_x0: bool | None = None, step_schedule: str | None = None,
+            samples: int = 1) -> list[Preview]:
     """Restore `measurement` (with .y, .op, .sigma_y in model units) with `model`; return the previews.
 
     Nested Diffusion runs `outer` steps of `inner` calls of `solver` each (at most `budget` NFE, shared
@@ -99,6 +103,9 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
     eta / eta_b / step_size / clip_x0 / step_schedule / weight go to the solvers that take them (None: the
     solver's default for this task, `ipsolve.config.restore_defaults`; given to one that does not: an
     error). `batch` draws that many samples for the one measurement. The last preview is the result.
+    `samples` = K > 1 draws K posterior samples of every row in one batch (`solvers.nested(samples=K)`, or
+    the plain solver on `solvers.estimates.repeat_for_samples`): every preview then carries their mean and
+    std (`Preview.estimate`).
     `schedule` ("matched", the default for restorers, or "paper") is solvers.nested's.
     Runs on the device of measurement.y (put the model there too).
     """
@@ -109,7 +116,7 @@ def restore(measurement, model, outer: int = 4, inner: int = 5, *, budget: int |
     return restore_batch(y, op, measurement.sigma_y, model, outer, inner, budget=budget, solver=solver, eta=eta,
                          eta_b=eta_b, step_size=step_size, weight=weight, vanilla=vanilla, schedule=schedule,
                          generator=generator, on_preview=on_preview, on_nfe=on_nfe, clip_x0=clip_x0,
-                         step_schedule=step_schedule)
+                         step_schedule=step_schedule, samples=samples)
 
 
 def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, *, budget: int | None = None,
@@ -117,9 +124,13 @@ def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, 
                   step_size: float | None = None, weight: str | None = None, vanilla: bool = False,
                   schedule: str | None = None, generator: torch.Generator | None = None, noise=None,
                   on_preview=None, on_nfe=None, clip_x0: bool | None = None,
-                  step_schedule: str | None = None) -> list[Preview]:
+                  step_schedule: str | None = None, samples: int = 1) -> list[Preview]:
     """`restore` for a batch of measurements y (B, *op.measurement_shape) of one operator and noise level;
-    random draws from `noise` (a callable, e.g. one generator per row) or else `generator`."""
+    random draws from `noise` (a callable, e.g. one generator per row) or else `generator`; `samples` K > 1:
+    K draws of each measurement in one batch (B·K rows), every preview with their `estimate`."""
+    from solvers.estimates import check_samples, estimate, repeat_for_samples, split_samples
+
+    check_samples(samples)
     marks = preview_marks(outer, inner, budget)
     options = solver_options(solver, eta=eta, eta_b=eta_b, step_size=step_size, weight=weight, clip_x0=clip_x0,
                              step_schedule=step_schedule)
@@ -130,8 +141,10 @@ def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, 
     draws = {"noise": noise} if noise is not None else {"generator": generator}
     previews = []
 
-    def hand_out(x0, nfe):
-        previews.append(Preview(x0.detach(), nfe, len(previews) + 1))
+    def hand_out(x0, nfe, estimated=None):
+        if samples > 1 and estimated is None:
+            estimated = estimate(split_samples(x0.detach(), samples))
+        previews.append(Preview(x0.detach(), nfe, len(previews) + 1, estimated))
         if on_preview is not None:
             on_preview(previews[-1])
 
@@ -142,6 +155,8 @@ def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, 
             hand_out(info["x0"], info["nfe"])
 
     with torch.no_grad():
+        if vanilla and samples > 1:
+            measured["y"] = repeat_for_samples(y, samples)
         if vanilla:  # the x̂₀ predictions at the marks, then the solver's own result (for ddrm the same)
             timesteps = solvers.plain_ddrm_timesteps(marks[-1], len(model.alphas_cumprod))
             result = getattr(solvers, solver)(model, timesteps=timesteps, callback=after_call, **draws,
@@ -149,9 +164,10 @@ def restore_batch(y, op, sigma_y: float, model, outer: int = 4, inner: int = 5, 
             hand_out(result, marks[-1])
         else:
             run = solvers.nested(model, inner=solver, outer_steps=outer, inner_steps=inner, budget=budget,
-                                 schedule=schedule, callback=after_call, **draws, **measured, **options)
+                                 schedule=schedule, callback=after_call, samples=samples if samples > 1 else None,
+                                 **draws, **measured, **options)
             for preview in run:
-                hand_out(preview.x0, preview.nfe)
+                hand_out(preview.x0, preview.nfe, preview.estimate)
     return previews
 
 

@@ -19,12 +19,19 @@ outputs in DIR (one run at a time; a restore with the same settings replaces wha
 recorded it wrote; a run with other settings is refused unless --overwrite; files no ipsolve run wrote
 are never replaced, nor any input):
   preview_{step:02d}_nfe{nfe:03d}.png  every anytime image, written the moment it exists
-  final.png     the last preview (a grid of samples with --batch)
+  final.png     the last preview (a grid of samples with --batch or --samples)
   strip.png     the measurement, then the previews labelled with their NFE (and PSNR for the shipped
                 examples), small images enlarged; one row per sample
   anytime.gif   the same, one preview a frame
   run.json      arguments, model, task, sigma_y in both units, seed, NFE per preview, time, version,
-                status (running / done / interrupted / failed): it always says how far the run got
+                status (running / done / interrupted / failed): it always says how far the run got;
+                samples and estimate (K and mean / sample)
+with --samples K --estimate mean, also (K draws of the one measurement in one batch, their mean and spread):
+  preview_{step:02d}_nfe{nfe:03d}_mean.png  the posterior mean estimate of the K samples at that preview
+  preview_{step:02d}_nfe{nfe:03d}_std.png   their per-pixel std, colour-mapped (viridis: dark = certain),
+                enlarged, with a scale bar in [0, 1] pixel units
+  mean.png, std.png  the same for the last preview
+  a single sample gets sharper with more calls but not closer in PSNR; for PSNR use --estimate mean
 Ctrl-C or SIGTERM stops the run and keeps the latest preview as final.png (exit code 130 / 143).
 exit codes: 0 all done; 1 a folder in which some measurements failed (index.csv says why); 2 refused
 before anything is written (bad input, or a folder in which none can be restored).
@@ -83,6 +90,13 @@ def add_restore_command(commands):
                         "(Algorithm 1 as printed) or score (the score-space step); docs/algorithms.md")
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
+    parser.add_argument("--samples", type=positive_int, default=1, metavar="K",
+                        help="posterior samples of the one measurement, drawn together in one batch (a grid, "
+                        "like --batch, which it replaces: not both above 1); one measurement file for now")
+    parser.add_argument("--estimate", choices=("sample", "mean"), default="sample",
+                        help="sample (default): today's files; mean: also the posterior mean of the K samples "
+                        "(mean.png, the PSNR-minded answer) and their per-pixel std (std.png) at every preview; "
+                        "needs --samples 2 or more")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B",
                         help="with a folder: measurements of one task solved together per forward pass (default 4)")
     parser.add_argument("--out", type=folder_name, required=True, metavar="DIR", help="output folder")

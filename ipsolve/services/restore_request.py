@@ -51,6 +51,8 @@ class RestoreRequest:
     step_schedule: str | None = None
     seed: int = 0
     batch: int = 1
+    samples: int = 1
+    estimate: str = "sample"
     batch_size: int = 4
     out: str
     device: str | None = None
@@ -84,6 +86,7 @@ def restore_inputs(request: RestoreRequest, load_model=None) -> RestoreInputs:
     from ipsolve.restore import check_schedule
 
     check_schedule(request.outer, request.inner, request.budget)
+    check_samples_options(request)
     checked_solver_options(request)
     source = _measurement_path(request.measurement)
     mask = None if request.mask is None else str(existing_file(request.mask, "mask"))
@@ -101,12 +104,13 @@ def restore_inputs(request: RestoreRequest, load_model=None) -> RestoreInputs:
     check_run_folder(request.out)
     if not request.overwrite:
         check_earlier_run(request.out, "a restore", dataclasses.asdict(request), measurement=str(source.resolve()),
-                          ignored={"measurement", "batch_size"}, defaults={"schedule": "matched"})
+                          ignored={"measurement", "batch_size"}, defaults=EARLIER_DEFAULTS)
     device = resolve_device(request.device)
     model = load_model(request.model, device)
     check_runs_on(model, request)
     check_model_fits(model, tuple(measurement.op.input_shape), device)
-    check_fits(model, tuple(measurement.op.input_shape), request.batch, device, force=request.force)
+    check_fits(model, tuple(measurement.op.input_shape), request.batch * request.samples, device,
+               force=request.force)
     measurement = measurement._replace(y=measurement.y.to(device))
     return RestoreInputs(source, measurement, mask, model, device,
                          preview_marks(request.outer, request.inner, request.budget))
@@ -158,6 +162,9 @@ def plan_measurement_folder(request: RestoreRequest):
     from ipsolve.services.folder_restore import plan_folder_restore
 
     check_schedule(request.outer, request.inner, request.budget)
+    check_samples_options(request)
+    if request.samples != 1:
+        raise ValueError("--samples is for one measurement file for now")
     if request.batch != 1:
         raise ValueError("--batch (samples per input) is for one measurement; with a folder use --batch-size")
     options = checked_solver_options(request)
@@ -165,6 +172,26 @@ def plan_measurement_folder(request: RestoreRequest):
         existing_file(request.mask, "mask")
     check_writable_folder(request.out)
     return plan_folder_restore(request, options)
+
+
+ESTIMATES = ("sample", "mean")
+# what an argument an earlier run.json lacks (or holds as None) stood for: runs older than --samples drew one
+EARLIER_DEFAULTS = {"schedule": "matched", "samples": 1, "estimate": "sample"}
+
+
+def check_samples_options(request: RestoreRequest) -> None:
+    """ValueError (one line) unless --samples and --estimate go together: K ≥ 1, mean needs K ≥ 2, and
+    --batch (a grid of draws) and --samples (K draws and their estimate) are not both above 1."""
+    from solvers.estimates import check_samples
+
+    check_samples(request.samples)
+    if request.estimate not in ESTIMATES:
+        raise ValueError(f"--estimate {request.estimate}: choose one of {', '.join(ESTIMATES)}")
+    if request.estimate == "mean" and request.samples < 2:
+        raise ValueError("--estimate mean needs --samples 2 or more")
+    if request.samples > 1 and request.batch > 1:
+        raise ValueError("--samples K draws K samples of the measurement (a grid, and with --estimate mean their "
+                         "mean and std): drop --batch")
 
 
 def check_runs_on(model, request: RestoreRequest) -> None:
@@ -268,6 +295,8 @@ def run_record(request: RestoreRequest, inputs: RestoreInputs) -> dict:
         "solver_options": restore_defaults(request.solver, inputs.measurement.op.name, checked_solver_options(request)),
         "sigma_y": {"pixel": sigma_y / 2, "model": sigma_y},
         "seed": request.seed,
+        "samples": request.samples,
+        "estimate": request.estimate,
         "device": str(inputs.device),
         "nfe": 0,
         "interrupted": False,

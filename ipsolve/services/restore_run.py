@@ -42,7 +42,7 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
     """Restore `measurement` with `model` into the folder `out_dir`; return how it went.
 
     options: outer, inner, budget, solver, eta, eta_b, step_size, weight, clip_x0, step_schedule, batch,
-    vanilla, schedule, seed (a `restore_request.RestoreRequest`); record: what run.json starts with
+    samples, estimate, vanilla, schedule, seed (a `restore_request.RestoreRequest`); record: what run.json starts with
     (`restore_request.run_record`).
     clean: the clean image (C, H, W) in [0, 1] when known (the strip then shows each preview's PSNR).
     on_preview(preview, path) is called after each preview file is written, on_nfe(nfe) after every
@@ -53,7 +53,8 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
     from ipsolve.figures import measurement_picture
     from ipsolve.restore import restore
 
-    folder = RunFolder(out_dir, measurement=measurement_picture(measurement.y, measurement.op), clean=clean)
+    folder = RunFolder(out_dir, measurement=measurement_picture(measurement.y, measurement.op), clean=clean,
+                       estimate=getattr(options, "estimate", "sample"))
     folder.start(record)
     start = time.perf_counter()
     done = [0]
@@ -76,7 +77,7 @@ def run_restore_job(measurement, model, options, out_dir, record: dict, *, devic
         restore(measurement, model, options.outer, options.inner, budget=options.budget, solver=options.solver,
                 eta=options.eta, eta_b=options.eta_b, step_size=options.step_size, weight=options.weight,
                 batch=options.batch, vanilla=options.vanilla, schedule=options.schedule, clip_x0=options.clip_x0,
-                step_schedule=options.step_schedule,
+                step_schedule=options.step_schedule, samples=getattr(options, "samples", 1),
                 generator=torch.Generator(device).manual_seed(options.seed),
                 on_preview=after_preview, on_nfe=after_nfe)
     except (KeyboardInterrupt, StopRequested) as stop:
