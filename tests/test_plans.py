@@ -59,6 +59,13 @@ def test_a_restore_never_replaces_its_own_input(work, capsys, measurement):
     assert f"would replace the input {measurement}" in line and "--out" in line
 
 
+def test_an_out_folder_with_dot_dot_parts_makes_only_the_folder_it_names(work, capsys):
+    """`--out a/../run` is `run`: the run lands there and no stray `a` is made on the way."""
+    assert run(capsys, "restore", "digit_sr4.png", *FAST, "--out", "a/../run")[0] == 0
+    assert (work / "run" / "final.png").is_file() and not (work / "a").exists()
+    assert json.loads((work / "run" / "run.json").read_text())["arguments"]["out"] == "run"
+
+
 def test_a_restore_never_replaces_its_mask_or_an_input_in_the_current_folder(work, capsys):
     shutil.copy(EXAMPLES / "digit_sr4.png", work / "final.png")
     shutil.copy(EXAMPLES / "digit_sr4.png.json", work / "final.png.json")

@@ -7,6 +7,7 @@ reason (`must be a positive integer, got '0'`); the command line prefixes the op
 from __future__ import annotations
 
 import argparse
+import os
 
 MAX_SEED = 2**63 - 1
 
@@ -63,9 +64,10 @@ def image_size(text):
 
 
 def folder_name(text):
+    """An output folder as typed, its `..` and `.` parts resolved (`a/../run` is `run`: no stray `a` made)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must name a folder, got an empty string (use . for the current folder)")
-    return text
+    return os.path.normpath(text)
 
 
 def device_name(text):
