@@ -136,11 +136,16 @@ class Name:
         return plain_name(value, where)
 
 
+def is_plain_name(value) -> bool:
+    """Whether `value` can name a file or folder of its own: text without separators, not `.` or `..`, not
+    hidden (no leading dot), no control characters."""
+    return (isinstance(value, str) and bool(value.strip()) and not value.startswith(".")
+            and not any(c in value for c in "/\\") and not any(ord(c) < 32 for c in value))
+
+
 def plain_name(value, where: str) -> str:
-    """`value` when it can name a file or folder of its own: text without separators, not `.` or `..`,
-    not hidden (no leading dot), no control characters."""
-    if (not isinstance(value, str) or not value.strip() or value in (".", "..") or value.startswith(".")
-            or any(c in value for c in "/\\") or any(ord(c) < 32 for c in value)):
+    """`value` when `is_plain_name`, else ValueError naming `where`."""
+    if not is_plain_name(value):
         raise refuse(where, Name.what, value)
     return value
 

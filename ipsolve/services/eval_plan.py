@@ -234,7 +234,7 @@ def recorded_files(layout: OutputLayout, earlier: dict) -> tuple:
     files of its task / method folders (plain names only; nothing a user put there). The manifest itself
     is not removed but replaced, so a run killed while removing still finds it."""
     root = layout.root
-    names = lambda key: [n for n in earlier.get(key) or [] if _is_plain(n)]  # noqa: E731
+    names = lambda key: [n for n in earlier.get(key) or [] if schema.is_plain_name(n)]  # noqa: E731
     files = [root / name for name in REPORT_FILES if (root / name).is_file()]  # (the manifest is replaced)
     files += [p for p in sorted((root / "clean").glob("*.png")) if WRITTEN.fullmatch(p.name)]
     for task in names("tasks"):
@@ -245,11 +245,3 @@ def recorded_files(layout: OutputLayout, earlier: dict) -> tuple:
     for path in files:
         schema.confined(root, path, f"--overwrite of {path.relative_to(root)}")
     return tuple(files)
-
-
-def _is_plain(name) -> bool:
-    try:
-        schema.plain_name(name, "")
-    except ValueError:
-        return False
-    return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 from fnmatch import fnmatch
 from pathlib import Path
 
+from ipsolve import schema
 from ipsolve.services.folder_lock import LOCK_NAME, check_free
 from ipsolve.services.run_folder import OUTPUT_PATTERNS, stored_record
 
@@ -23,7 +24,7 @@ RUN_FILES = (*OUTPUT_PATTERNS, LOCK_NAME, ".*.tmp*")  # every name writing a run
 
 def plain_name(name: str, what: str) -> str:
     """`name` unless it is not a plain name (a separator, `.`, `..`, hidden, empty): ValueError naming `what`."""
-    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+    if not schema.is_plain_name(name):
         raise ValueError(f"{what} {name!r} is not a plain name (no separators, no . or .., nothing hidden): "
                          f"rename it")
     return name
