@@ -2,12 +2,10 @@
 and generate, every flag is replaced by a wrong type, an out-of-range number, NaN / inf, a path-like name,
 or given twice; each mutant must be refused with exit 2, exactly one `ipsolve: error:` line, and the file
 tree byte for byte as it was (no lock, no folder)."""
-import shutil
 
 import pytest
 
-from test_cli import EXAMPLES
-from test_plans import refused, run
+from test_plans import refused, run, shipped_files
 
 VALID = {  # a valid call of each command → its flags and their values
     "restore": ["restore", "digit_sr4.png", "--outer", "1", "--inner", "2", "--budget", "2", "--eta", "0.5",
@@ -49,13 +47,8 @@ def mutants():
 
 @pytest.fixture
 def work(tmp_path, monkeypatch):
-    for name in ("digit_sr4.png", "digit_sr4.png.json", "digit_clean.png"):
-        shutil.copy(EXAMPLES / name, tmp_path / name)
-    (tmp_path / "in").mkdir()
-    for name in "ab":
-        shutil.copy(EXAMPLES / "digit_sr4.png", tmp_path / "in" / f"{name}.png")
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return shipped_files(tmp_path, ("digit_sr4.png", "digit_sr4.png.json", "digit_clean.png"), "ab", sidecars=False)
 
 
 @pytest.mark.parametrize("name", VALID)

@@ -37,17 +37,24 @@ def refused(capsys, folder, *args) -> str:
     return lines[0]
 
 
+def shipped_files(root, files, measurements, sidecars=True):
+    """Copies of the shipped example `files` in `root` and a folder `in` of the sr4 digit as NAME.png for
+    each of `measurements` (with its sidecar unless not `sidecars`); `root`."""
+    for name in files:
+        shutil.copy(EXAMPLES / name, root / name)
+    (root / "in").mkdir()
+    for name in measurements:
+        shutil.copy(EXAMPLES / "digit_sr4.png", root / "in" / f"{name}.png")
+        if sidecars:
+            shutil.copy(EXAMPLES / "digit_sr4.png.json", root / "in" / f"{name}.png.json")
+    return root
+
+
 @pytest.fixture
 def work(tmp_path, monkeypatch):
     """The shipped sr4 digit and its sidecar, and a folder `in` of three sr4 measurements a, b, c."""
-    for name in ("digit_sr4.png", "digit_sr4.png.json", "digit_inp.mask.png"):
-        shutil.copy(EXAMPLES / name, tmp_path / name)
-    (tmp_path / "in").mkdir()
-    for name in "abc":
-        shutil.copy(EXAMPLES / "digit_sr4.png", tmp_path / "in" / f"{name}.png")
-        shutil.copy(EXAMPLES / "digit_sr4.png.json", tmp_path / "in" / f"{name}.png.json")
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return shipped_files(tmp_path, ("digit_sr4.png", "digit_sr4.png.json", "digit_inp.mask.png"), "abc")
 
 
 # ---------------------------------------------------------------- outputs over inputs, confinement

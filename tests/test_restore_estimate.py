@@ -3,7 +3,6 @@ mean of the K samples the library draws with the same seed, std.png is a colour-
 bar, run.json records K and the estimate, refusals leave the tree as it was, and the memory estimate
 counts the K rows."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,8 +14,7 @@ from ipsolve.config import restore_defaults
 from ipsolve.imageio import from_model, save_image
 from ipsolve.measurement import read_measurement
 from ipsolve.models import load_model
-from test_cli import EXAMPLES
-from test_plans import refused, run
+from test_plans import refused, run, shipped_files
 
 K = 4
 SEED = 5
@@ -28,14 +26,8 @@ GAUSSIAN = ["--model", "gaussian:1x8x8", "--task", "deno", "--sigma-y", "0.1"]
 def work(tmp_path, monkeypatch):
     """An 8x8 gray measurement without sidecar, the shipped sr4 digit, and a folder `in` of two digits."""
     save_image(torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)), tmp_path / "noisy.png")
-    for name in ("digit_sr4.png", "digit_sr4.png.json"):
-        shutil.copy(EXAMPLES / name, tmp_path / name)
-    (tmp_path / "in").mkdir()
-    for name in "ab":
-        shutil.copy(EXAMPLES / "digit_sr4.png", tmp_path / "in" / f"{name}.png")
-        shutil.copy(EXAMPLES / "digit_sr4.png.json", tmp_path / "in" / f"{name}.png.json")
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return shipped_files(tmp_path, ("digit_sr4.png", "digit_sr4.png.json"), "ab")
 
 
 def library_samples(vanilla: bool):
