@@ -194,6 +194,11 @@ def test_restore_stop_keeps_the_latest_preview_as_answer_and_download(server, br
     latest = run / record["previews"][-1]["file"]
     assert f"NFE {record['previews'][-1]['nfe']}" in text_of(browser, "#restore-answer")
     assert f"kept preview {record['previews'][-1]['step']}" in status
+    # 16 samples: beside the answer, their posterior mean and its per-pixel std (the run's mean.png, std.png)
+    assert "posterior mean of 16 samples" in text_of(browser, "#restore-mean")
+    for shown, name in (("#restore-mean", "mean.png"), ("#restore-std", "std.png")):
+        source = browser.find_element(By.CSS_SELECTOR, f"{shown} img").get_attribute("src")
+        assert name in source and (run / name).is_file(), source
     final = tmp_path / "final.png"
     final.write_bytes(download(browser, "#restore-final"))
     assert np.array_equal(load_image(final).numpy(), load_image(latest).numpy())

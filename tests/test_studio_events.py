@@ -86,9 +86,29 @@ def test_an_uploaded_measurement_with_sidecar_and_mask_restores_like_the_cli_wit
     for name in ("digit_inp.png", "digit_inp.png.json", "digit_inp.mask.png"):  # outside the shipped examples,
         shutil.copy(EXAMPLES / name, tmp_path / name)  # whose strips `ipsolve restore` labels with PSNR
     assert main(["restore", str(tmp_path / "digit_inp.png"), "--solver", "pigdm", "--outer", "2", "--inner", "3",
-                 "--budget", "5", "--eta", "0.5", "--seed", "1", "--batch", "2", "--out", str(tmp_path / "cli"),
-                 "--quiet"]) == 0
+                 "--budget", "5", "--eta", "0.5", "--seed", "1", "--samples", "2", "--estimate", "mean", "--out",
+                 str(tmp_path / "cli"), "--quiet"]) == 0
     assert_same_run_folder(job.run_dir, tmp_path / "cli")
+
+
+def test_samples_show_the_posterior_mean_and_its_std_beside_the_answer(studio, tmp_path):
+    clean = load_image(EXAMPLES / "digit_clean.png")
+    job = prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), task="deno", sigma_y=0.2,
+                                              outer=2, inner=3, seed=4, samples=3))
+    views = [dataclasses.replace(view) for view in job.views(studio)]  # each as it was shown
+    during = [view for view in views if view.running and view.mean]
+    assert len(during) == 2 and during[0].mean.endswith("preview_01_nfe003_mean.png")
+    assert during[0].std.endswith("preview_01_nfe003_std.png") and Path(during[0].std).is_file()
+    last = views[-1]
+    assert (last.mean, last.std) == (str(job.run_dir / "mean.png"), str(job.run_dir / "std.png"))
+    mean = load_image(last.mean)
+    assert mean.shape == clean.shape  # one picture of the one measurement, not the grid of its samples
+    by_hand = 10 * np.log10(1 / float(((mean.double() - clean.double()) ** 2).mean()))
+    assert last.mean_label == f"posterior mean of 3 samples · NFE 6 · PSNR {by_hand:.2f} dB"
+    assert Image.open(last.std).mode == "RGB" and Image.open(last.std).width > 3 * clean.shape[-1]  # colour, a bar
+    single = list(prepare_restore(studio, RestoreForm(image=str(EXAMPLES / "digit_clean.png"), outer=1,
+                                                      inner=2)).views(studio))[-1]
+    assert single.mean is None and single.std is None
 
 
 def test_stop_keeps_the_latest_preview_as_the_answer_and_the_download(studio):

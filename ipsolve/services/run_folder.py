@@ -98,8 +98,7 @@ class RunFolder:
         written = [path]
         if self.estimate == "mean":
             pictures = estimate_pictures(preview, f"NFE {preview.nfe}")
-            stem = path.with_suffix("")
-            written += [Path(f"{stem}_mean.png"), Path(f"{stem}_std.png")]
+            written += list(estimate_files(path))
             try:
                 save_image(pictures[0], written[1])
                 save_picture(pictures[1], written[2])
@@ -141,6 +140,12 @@ class RunFolder:
     def _write_record(self, record: dict) -> None:
         with atomic_path(self.path / "run.json") as tmp:
             Path(tmp).write_text(json.dumps({**record, "previews": self.previews}, indent=2) + "\n")
+
+
+def estimate_files(preview_path) -> tuple[Path, Path]:
+    """(mean, std) files written beside the preview file `preview_path` with estimate "mean"."""
+    stem = Path(preview_path).with_suffix("")
+    return Path(f"{stem}_mean.png"), Path(f"{stem}_std.png")
 
 
 def estimate_pictures(preview, title=None) -> tuple:

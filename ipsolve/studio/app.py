@@ -84,7 +84,8 @@ def restore_widgets(page, studio, workers):
             with gr.Row():
                 eta = gr.Textbox("", label="η (empty = the solver's default)", elem_id="restore-eta")
                 seed = gr.Number(0, label="seed", precision=0, minimum=0)
-                samples = gr.Number(1, label="samples", precision=0, minimum=1, elem_id="restore-samples")
+                samples = gr.Number(1, label="samples (2 or more: their mean and uncertainty)", precision=0,
+                                    minimum=1, elem_id="restore-samples")
             compare = gr.Checkbox(False, label="compare with vanilla (the plain solver's x̂₀ at the same NFE)")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="restore-start")
@@ -97,12 +98,17 @@ def restore_widgets(page, studio, workers):
                           elem_classes=["pixelated", "answer"], elem_id="restore-answer")
         vanilla = gr.Image(label="vanilla at the same NFE", type="filepath", interactive=False, height=256,
                            elem_classes=["pixelated", "answer"], elem_id="restore-vanilla", visible=False)
+    with gr.Row(visible=False) as estimate_row:
+        mean = gr.Image(label="posterior mean", type="filepath", interactive=False, height=256,
+                        elem_classes=["pixelated", "answer"], elem_id="restore-mean")
+        std = gr.Image(label="uncertainty: per-pixel std of the samples", type="filepath", interactive=False,
+                       height=256, elem_id="restore-std")
     strip = gr.Gallery(label="anytime previews", columns=8, height="auto", elem_classes="pixelated",
                        elem_id="restore-strip", allow_preview=False)
     with gr.Row():
         final = gr.File(label="final PNG", interactive=False, elem_id="restore-final")
         archive = gr.File(label="run folder (.zip)", interactive=False, elem_id="restore-archive")
-    outputs = [measurement, answer, vanilla, strip, status, final, archive]
+    outputs = [measurement, answer, vanilla, estimate_row, mean, std, strip, status, final, archive]
 
     def pick_example(choice):
         if choice not in EXAMPLE_CHOICES:
@@ -154,6 +160,8 @@ def _restore_outputs(view: RestoreView):
                                        if view.answer_label else "current answer"),
             gr.Image(value=view.vanilla, label=view.vanilla_label or "vanilla at the same NFE",
                      visible=view.vanilla is not None),
+            gr.Row(visible=view.mean is not None),
+            gr.Image(value=view.mean, label=view.mean_label or "posterior mean"), view.std,
             view.strip, view.status, view.final, view.archive)
 
 

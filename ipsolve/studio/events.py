@@ -10,6 +10,8 @@ line does), calls the service the command line calls (`ipsolve.services`), and h
   with the model from `Studio.load_model` (each model loaded once); `RestoreJob.views()` then runs it
   (`run_restore_request`, the body of `ipsolve restore`) in a thread and yields a `RestoreView` after
   every preview. Same settings and seed → the same run folder as `ipsolve restore`, file for file.
+  The form's samples K > 1 is `--samples K --estimate mean`: K posterior draws in one batch, and beside
+  the answer (their grid) the posterior mean estimate and its per-pixel std.
 - generate: `GenerateSession` holds one nested run of `ipsolve.generation.generate` made from a
   `GenerateRequest`, one outer step per call, applying the user's picks and prompt / class changes
   through `ipsolve.feedback.Feedback` (as `--pick` / `--prompt-at` do), writing the run folder with the
@@ -33,6 +35,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ipsolve.services.run_folder import estimate_files
 from ipsolve.services.values import device_name, natural_int, positive_int, seed_int, unit_float
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -163,6 +166,9 @@ class RestoreView:
     strip: list = field(default_factory=list)  # [(file, "NFE n"), …]
     vanilla: str | None = None                # the plain solver's x̂₀ at the same NFE (compare)
     vanilla_label: str = ""
+    mean: str | None = None                   # samples K > 1: the posterior mean estimate of the latest preview
+    mean_label: str = ""
+    std: str | None = None                    # … and its per-pixel std, colour-mapped with a scale bar
     status: str = ""
     running: bool = False
     final: str | None = None                  # final.png, once the run ended
@@ -266,6 +272,10 @@ class RestoreJob:
             view.answer = str(path)
             view.answer_label = self._label(preview, path)
             view.strip = [(str(p), self._label(pv, p)) for pv, p in nested]
+            if self.request.estimate == "mean":
+                mean, std = estimate_files(path)
+                view.mean, view.std = str(mean), str(std)
+                view.mean_label = f"posterior mean of {self.request.samples} samples · {self._label(preview, mean)}"
             same = [(pv, p) for pv, p in vanilla if pv.nfe <= preview.nfe]
             if same:
                 view.vanilla, view.vanilla_label = str(same[-1][1]), "plain " + self._label(*same[-1])
@@ -284,6 +294,8 @@ class RestoreJob:
             if folder.previews:
                 view.final = str(folder.path / "final.png")
                 view.answer = view.final
+                if self.request.estimate == "mean":
+                    view.mean, view.std = str(folder.path / "mean.png"), str(folder.path / "std.png")
             view.archive = str(zip_folder(folder.path, self.job_dir / f"{self.job_dir.name}.zip"))
         return view
 
@@ -475,12 +487,13 @@ def restore_request_for(studio, form, measurement_file, out_dir, given):
     if form.solver not in SOLVERS:
         raise ValueError(f"--solver: invalid choice: {form.solver!r} (choose from {', '.join(map(repr, SOLVERS))})")
     budget = None if form.budget in (None, "", 0) else _checked(positive_int, form.budget, "--budget:")
+    samples = _checked(positive_int, form.samples, "--samples:")
     eta = (_checked(unit_float, _text(form.eta).strip(), "--eta:")
            if form.eta is not None and str(form.eta).strip() else None)
     return RestoreRequest(
         measurement=str(measurement_file), model=form.model, solver=form.solver,
         outer=_checked(positive_int, form.outer, "--outer:"), inner=_checked(positive_int, form.inner, "--inner:"),
-        seed=_checked(seed_int, form.seed, "--seed:"), batch=_checked(positive_int, form.samples, "--batch:"),
+        seed=_checked(seed_int, form.seed, "--seed:"), samples=samples, estimate="mean" if samples > 1 else "sample",
         budget=budget, eta=eta, out=str(out_dir), quiet=True, device=_device(studio), **given)
 
 
