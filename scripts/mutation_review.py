@@ -96,7 +96,7 @@ PHASES = {
         mutate=["solvers/pigdm.py"],
         tests=["test_pigdm_reference.py", "test_solvers_guided.py", "test_divergence.py"],
         names=[f"solvers.pigdm.x_{f}__mutmut_*" for f in (
-            "remedy", "guidance_weight", "x0_weight", "ddim_c2", "pigdm_init", "pigdm_start", "back_projection",
+            "remedy", "guidance_weight", "x0_weight", "ddim_c2", "pigdm_init", "pigdm_start", "pseudo_inverse", "back_projection",
             "_svd_back_projection", "check_choice")]),
 }
 

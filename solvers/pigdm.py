@@ -134,7 +134,16 @@ def pigdm_start(model, y, op, t: int, start: str, draw, cg_iterations: int):
     if start == "noise":
         return z
     a = alpha_bar(model, t, y)
-    return a.sqrt() * back_projection(op, 0.0, cg_iterations)(y, 1.0) + (1 - a).sqrt() * z
+    return a.sqrt() * pseudo_inverse(op, y, cg_iterations) + (1 - a).sqrt() * z
+
+
+def pseudo_inverse(op, y, cg_iterations: int):
+    """H⁺y: in closed form with an SVD, else by conjugate gradients on the normal equations HᵀH x = Hᵀy, which
+    are consistent for every y (H Hᵀ w = y is not when H Hᵀ is singular and y leaves H's range, e.g. noisy
+    Fourier samples of a real image), so CG from 0 gives the least-norm least-squares solution."""
+    if has_svd(op):
+        return back_projection(op, 0.0)(y, 1.0)
+    return conjugate_gradient(lambda x: op.Ht(op.H(x)), op.Ht(y), cg_iterations)
 
 
 def residual_step(residual, moved):

@@ -226,6 +226,19 @@ def test_back_projection_at_zero_noise_is_the_pseudo_inverse_also_on_a_zero_sing
     torch.testing.assert_close(back_projection(op, 0.0)(residual, 1.0), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_measurement_start_is_the_least_squares_pseudo_inverse_when_h_ht_is_singular():
+    """Without an SVD, H Hᵀ singular (a zero singular value) and y outside H's range: the start's mean is
+    still torch.linalg.pinv(H) y, not a conjugate-gradient run diverging on H Hᵀ w = y."""
+    op, model, t = ZeroSingularOperator(), ReferenceModel(1), 500
+    without = WithoutSVD(op)
+    without.input_shape = op.input_shape
+    y = torch.tensor([[0.3, -1.2, 0.7]], dtype=F64)  # its third entry is outside the range of H
+    zero = torch.zeros(1, *op.input_shape, dtype=F64)
+    start = solvers.pigdm_init(model, y, without, t, noise=recorded([zero]))
+    expected = (y @ torch.linalg.pinv(op.matrix).T).reshape(1, *op.input_shape)
+    torch.testing.assert_close(start, model.alphas_cumprod[t].sqrt() * expected, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("svd", [True, False])
 def test_measurement_start_draws_from_the_generator(svd):
     """pigdm_init(generator=g) = √ᾱ_t H⁺y + √(1−ᾱ_t) z with z = randn(g), by SVD or conjugate gradients."""
