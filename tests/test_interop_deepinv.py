@@ -9,8 +9,11 @@ import pytest
 import torch
 
 import degradations
-from ipsolve.interop.deepinv import as_denoiser, from_denoiser, grid_sigmas, to_deepinv
-from ipsolve.models import GaussianPrior, IsotropicGaussianPrior, load_model
+import solvers
+from ipsolve.interop.deepinv import (DeepinvForward, DeepinvLinearOperator, DeepinvSVDOperator, as_denoiser,
+                                     from_deepinv, from_denoiser, grid_sigmas, to_deepinv)
+from ipsolve.measurement import read_measurement, write_measurement
+from ipsolve.models import IsotropicGaussianPrior, load_model
 from _toy_ops import linear_alphas_cumprod, random_gaussian_prior
 
 dinv = pytest.importorskip("deepinv")
@@ -93,6 +96,7 @@ def test_refusals_are_one_line():
 
 
 @pytest.mark.parametrize("convert", [lambda: to_deepinv(operator("sr2", 1, 8)),
+                                     lambda: from_deepinv(object()),
                                      lambda: as_denoiser(IsotropicGaussianPrior(torch.zeros(1, 2, 2), 1.0,
                                                                                 linear_alphas_cumprod()))])
 def test_a_missing_extra_is_one_line(monkeypatch, convert):
@@ -180,3 +184,133 @@ def test_deepinvs_ddrm_runs_block_sr_through_to_deepinv(embedded, digits):
     error, baseline = (restored - clean).square().mean(), (physics.A_dagger(y) - clean).square().mean()
     assert error < 0.4 * baseline  # far better than nearest-neighbour upsampling of y (measured: 0.14)
     assert (physics.A(restored) - y).square().mean() < 0.1 * (physics.A(restored.flip(0)) - y).square().mean()
+
+
+# ---------------------------------------------------------------------------------------- deepinv → ipsolve
+def dense(apply, shape):
+    """The matrix of the linear map `apply` on (1, *shape) tensors, column by column."""
+    basis = torch.eye(math.prod(shape), dtype=torch.float64).reshape(-1, *shape)
+    return torch.stack([apply(column[None]).reshape(-1) for column in basis], dim=1)
+
+
+@pytest.mark.parametrize("name, channels, size", SVD_OPERATORS)
+def test_to_deepinv_then_from_deepinv_is_the_operator(name, channels, size):
+    op = operator(name, channels, size)
+    back = from_deepinv(to_deepinv(op, dtype=torch.float64))
+    assert isinstance(back, DeepinvSVDOperator) and back.input_shape == op.input_shape
+    assert back.measurement_shape == op.measurement_shape and torch.equal(back.singulars(), op.singulars())
+    x, y = randn(2, *op.input_shape, seed=1), randn(2, *op.measurement_shape, seed=2)
+    for method, argument in (("H", x), ("Ht", y), ("H_pinv", y), ("Vt", x), ("Ut", y)):
+        torch.testing.assert_close(getattr(back, method)(argument), getattr(op, method)(argument), rtol=0, atol=1e-12)
+
+
+def test_deepinvs_inpainting_is_ipsolves_draw_for_draw(embedded):
+    """deepinv's Inpainting (full-size y, zeros where missing) and ipsolve's (the observed pixels) share V's
+    order, so DDRM through the converted physics makes the same draws and the same image."""
+    mask = degradations.random_mask((32, 32), 0.4, seed=2)
+    physics = dinv.physics.Inpainting(img_size=(1, 32, 32), mask=mask.to(torch.float64)[None])
+    op, ours = from_deepinv(physics), degradations.Inpainting(mask, channels=1)
+    assert isinstance(op, DeepinvSVDOperator) and op.rank == ours.rank == int(mask.sum())
+    x = randn(2, 1, 32, 32, seed=3).clamp(-1, 1)
+    torch.testing.assert_close(op.H(x), x * mask, rtol=0, atol=0)
+    torch.testing.assert_close(op.H_pinv(op.H(x)), ours.H_pinv(ours.H(x)), rtol=0, atol=0)
+    results = [solvers.ddrm(embedded, o.H(x) + 0.05 * o.H(randn(2, 1, 32, 32, seed=4)), o, 0.05,
+                            solvers.ddrm_timesteps(5), generator=torch.Generator().manual_seed(5))
+               for o in (op, ours)]
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-12)
+
+
+def test_deepinvs_mri_is_an_svd_operator():
+    mask = (torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.4).to(torch.float64)
+    physics = dinv.physics.MRI(mask=mask, img_size=(2, 8, 8))
+    op = from_deepinv(physics)
+    assert isinstance(op, DeepinvSVDOperator) and op.input_shape == (2, 8, 8) and op.rank == 2 * int(mask.sum())
+    x, y = randn(3, 2, 8, 8, seed=1), physics.A(randn(3, 2, 8, 8, seed=2))
+    torch.testing.assert_close(op.H(x), physics.A(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(op.Ht(y), physics.A_adjoint(y), rtol=0, atol=1e-12)
+    torch.testing.assert_close(op.H_pinv(y), physics.A_dagger(y), rtol=0, atol=1e-12)
+    torch.testing.assert_close(op.V(op.Vt(x)), x, rtol=0, atol=1e-12)  # V is orthogonal
+    torch.testing.assert_close(op.singulars(), torch.ones(op.rank, dtype=torch.float64))
+
+
+def test_a_linear_physics_without_svd_gets_a_least_squares_pseudo_inverse():
+    physics = dinv.physics.Downsampling(img_size=(1, 8, 8), filter="gaussian", factor=2, padding="circular").to(
+        torch.float64)
+    op = from_deepinv(physics, input_shape=(1, 8, 8))  # Downsampling keeps no img_size
+    assert isinstance(op, DeepinvLinearOperator) and op.measurement_shape == (1, 4, 4)
+    matrix = dense(physics.A, (1, 8, 8))
+    y = randn(2, 1, 4, 4, seed=1)
+    x = randn(2, 1, 8, 8)
+    torch.testing.assert_close(op.H(x), (x.reshape(2, -1) @ matrix.T).reshape(2, 1, 4, 4))
+    expected = (y.reshape(2, -1) @ torch.linalg.pinv(matrix).T).reshape(2, 1, 8, 8)
+    torch.testing.assert_close(op.H_pinv(y), expected, rtol=0, atol=1e-6)  # CG on HᵀH: cond²
+    with pytest.raises(ValueError) as error:  # no SVD: the solvers that need one refuse it in one line
+        solvers.ddrm(IsotropicGaussianPrior(torch.zeros(1, 8, 8), 1.0, linear_alphas_cumprod()), y, op, 0.1, [10, 0])
+    assert str(error.value) == ("ddrm needs an operator with an SVD (ddrm and ddnm do) and deepinv.Downsampling has "
+                                "none: use pigdm or dps, which need only H and Ht")
+
+
+def test_a_nonlinear_physics_is_a_forward_model_for_dps():
+    physics = dinv.physics.Physics(A=lambda x: torch.tanh(3 * x))
+    forward = from_deepinv(physics, input_shape=(1, 4, 4))
+    assert isinstance(forward, DeepinvForward) and forward.measurement_shape == (1, 4, 4)
+    x = randn(2, 1, 4, 4, seed=1)
+    torch.testing.assert_close(forward(x), torch.tanh(3 * (x + 1) / 2), rtol=0, atol=0)  # deepinv sees [0, 1]
+    prior = IsotropicGaussianPrior(torch.zeros(1, 4, 4), 0.3, linear_alphas_cumprod())
+    restored = solvers.dps(prior, forward(x), forward, [500, 200, 0], generator=torch.Generator().manual_seed(0))
+    assert restored.shape == x.shape and torch.isfinite(restored).all()
+    with pytest.raises(ValueError, match=r"from_deepinv needs input_shape=\(C, H, W\)"):
+        from_deepinv(physics)
+
+
+# ---------------------------------------------------------------------------------------- measurement files
+def test_a_measurement_file_records_a_deepinv_physics(tmp_path):
+    blur = dinv.physics.Blur(filter=dinv.physics.blur.gaussian_blur(1.0), padding="circular")
+    op = from_deepinv(blur, input_shape=(1, 16, 16))
+    x = (randn(1, 1, 16, 16, seed=1).clamp(-1, 1) * 0.5).float()  # the physics' dtype
+    write_measurement(tmp_path / "y.png", op.H(x), op, 0.1)
+    read = read_measurement(tmp_path / "y.png")
+    assert read.op.spec() == op.spec() and read.op.spec()["class"] == "deepinv.physics.blur.Blur"
+    assert read.sigma_y == 0.1 and isinstance(read.op, DeepinvLinearOperator)
+    torch.testing.assert_close(read.op.H(x), blur.A(x), rtol=0, atol=0)
+    assert (read.y - op.H(x)).abs().max() <= 1 / 255 + 1e-6  # 8-bit rounding of [-1, 1] (step 2/255)
+
+
+def test_a_physics_that_cannot_be_rebuilt_is_refused_in_one_line(tmp_path):
+    physics = dinv.physics.LinearPhysics(A=lambda x: 2 * x, A_adjoint=lambda y: 2 * y, img_size=(1, 8, 8))
+    with pytest.raises(ValueError) as error:
+        write_measurement(tmp_path / "y.png", torch.zeros(1, 1, 8, 8), from_deepinv(physics), 0.0)
+    assert str(error.value) == ("deepinv.LinearPhysics cannot be recorded in a measurement file: its parameter A "
+                                "is a method, not numbers, strings or a small real tensor")
+    assert not (tmp_path / "y.png").exists()
+    with pytest.raises(ValueError, match="only deepinv.physics classes are"):
+        from_deepinv(to_deepinv(operator("sr2", 1, 8))).spec()
+
+
+# ---------------------------------------------------------------------------------------- a physics ipsolve never had
+def real_mri(size=32, fraction=0.35, seed=0):
+    """Single-coil MRI of a real image: deepinv's MRI (2-channel complex images) after x ↦ (x, 0)."""
+    mask = torch.rand(size, size, generator=torch.Generator().manual_seed(seed)) < fraction
+    mask[:, :3] = mask[:, -3:] = True  # the lowest horizontal frequencies (unshifted FFT)
+    embed = dinv.physics.LinearPhysics(A=lambda x: torch.cat([x, torch.zeros_like(x)], 1),
+                                       A_adjoint=lambda y: y[:, :1])
+    return dinv.physics.MRI(mask=mask.to(torch.float64), img_size=(2, size, size)) * embed
+
+
+def test_nested_pigdm_restores_through_deepinvs_mri(embedded, digits):
+    op = from_deepinv(real_mri(), input_shape=(1, 32, 32))
+    assert isinstance(op, DeepinvLinearOperator)  # a composition: H, Ht and conjugate gradients
+    clean = 2 * digits[:2] - 1
+    y = op.H(clean) + 0.02 * randn(2, *op.measurement_shape, seed=1)
+    # start="noise": a real image's spectrum is conjugate-symmetric, so H Hᵀ is singular and the
+    # measurement start's (H Hᵀ)⁻¹ y of a noisy y does not exist
+    run = solvers.nested(embedded, inner="pigdm", outer_steps=4, inner_steps=6, y=y, op=op, sigma_y=0.02,
+                         start="noise", generator=torch.Generator().manual_seed(1))
+    residuals = torch.stack([(op.H(preview.x0) - y).flatten(1).norm(dim=1) for preview in run])  # (previews, B)
+    assert torch.equal(residuals.argmin(dim=0), torch.tensor([3, 3]))  # the last preview is the most consistent
+    assert (residuals[-1] < 0.5 * residuals[0]).all()
+    other_digits = (op.H(2 * digits[2:16] - 1)[:, None] - y).flatten(2).norm(dim=2)  # draws from the data
+    assert residuals[-1].max() < 0.25 * other_digits.min()
+    assert (residuals[-1] < 1.7 * (op.H(clean) - y).flatten(1).norm(dim=1)).all()  # near the noise floor
+    error = (run.latest.x0 - clean).square().mean()
+    assert error < 0.05 * (op.H_pinv(y) - clean).square().mean()  # measured: 0.003
