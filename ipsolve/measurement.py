@@ -217,10 +217,14 @@ def _image_to_measurement(path, image, op):
 
 
 def _physics_from_spec(spec):
-    """A DeepInverse physics recorded by `ipsolve.interop.deepinv.physics_spec` (needs the deepinv extra)."""
+    """A DeepInverse physics recorded by `ipsolve.interop.deepinv.physics_spec`; ValueError (one line) when
+    the deepinv extra is missing."""
     from .interop.deepinv import from_spec
 
-    return from_spec(spec)
+    try:
+        return from_spec(spec)
+    except ImportError as error:
+        raise ValueError(f"the measurement records a DeepInverse physics and {error}") from None
 
 
 def _inpainting_part(op):

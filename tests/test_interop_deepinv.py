@@ -188,6 +188,12 @@ def test_deepinvs_ddrm_runs_block_sr_through_to_deepinv(embedded, digits):
 
 
 # ---------------------------------------------------------------------------------------- deepinv → ipsolve
+def gaussian_filter(sigma, width, dtype=torch.float64):
+    """A (1, 1, width, width) normalised Gaussian filter, as deepinv's blurs take it."""
+    taps = degradations.gaussian_kernel(sigma, width)
+    return torch.outer(taps, taps)[None, None].to(dtype)
+
+
 def dense(apply, shape):
     """The matrix of the linear map `apply` on (1, *shape) tensors, column by column."""
     basis = torch.eye(math.prod(shape), dtype=torch.float64).reshape(-1, *shape)
@@ -244,8 +250,8 @@ def test_deepinvs_mri_is_an_svd_operator():
 
 
 def test_a_linear_physics_without_svd_gets_a_least_squares_pseudo_inverse():
-    physics = dinv.physics.Downsampling(img_size=(1, 8, 8), filter="gaussian", factor=2, padding="circular").to(
-        torch.float64)
+    physics = dinv.physics.Downsampling(img_size=(1, 8, 8), filter=gaussian_filter(1.0, 5), factor=2,
+                                        padding="circular")
     op = from_deepinv(physics, input_shape=(1, 8, 8))  # Downsampling keeps no img_size
     assert isinstance(op, DeepinvLinearOperator) and op.measurement_shape == (1, 4, 4)
     matrix = dense(physics.A, (1, 8, 8))
@@ -274,8 +280,8 @@ def test_a_nonlinear_physics_is_a_forward_model_for_dps():
 
 
 # ---------------------------------------------------------------------------------------- measurement files
-def test_a_measurement_file_records_a_deepinv_physics(tmp_path):
-    blur = dinv.physics.Blur(filter=dinv.physics.blur.gaussian_blur(1.0), padding="circular")
+def test_a_measurement_file_records_a_deepinv_physics(tmp_path, monkeypatch):
+    blur = dinv.physics.Blur(filter=gaussian_filter(1.0, 5, torch.float32), padding="circular")
     op = from_deepinv(blur, input_shape=(1, 16, 16))
     x = (randn(1, 1, 16, 16, seed=1).clamp(-1, 1) * 0.5).float()  # the physics' dtype
     write_measurement(tmp_path / "y.png", op.H(x), op, 0.1)
@@ -284,6 +290,11 @@ def test_a_measurement_file_records_a_deepinv_physics(tmp_path):
     assert read.sigma_y == 0.1 and isinstance(read.op, DeepinvLinearOperator)
     torch.testing.assert_close(read.op.H(x), blur.A(x), rtol=0, atol=0)
     assert (read.y - op.H(x)).abs().max() <= 1 / 255 + 1e-6  # 8-bit rounding of [-1, 1] (step 2/255)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "deepinv", None)
+        with pytest.raises(ValueError) as error:
+            read_measurement(tmp_path / "y.png")
+    assert str(error.value) == f"the measurement records a DeepInverse physics and {MISSING}"
 
 
 def test_a_physics_that_cannot_be_rebuilt_is_refused_in_one_line(tmp_path):
@@ -307,6 +318,7 @@ def real_mri(size=32, fraction=0.35, seed=0):
     return dinv.physics.MRI(mask=mask.to(torch.float64), img_size=(2, size, size)) * embed
 
 
+@pytest.mark.filterwarnings("ignore:At least one input physics is a DecomposablePhysics")  # composing: expected
 def test_nested_pigdm_restores_through_deepinvs_mri(embedded, digits):
     op = from_deepinv(real_mri(), input_shape=(1, 32, 32))
     assert isinstance(op, DeepinvLinearOperator)  # a composition: H, Ht and conjugate gradients

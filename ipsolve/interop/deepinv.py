@@ -52,9 +52,9 @@ def to_deepinv(op, sigma_y: float | None = None, dtype: torch.dtype | None = Non
     """`op` as a deepinv physics: an SVD operator → `DecomposablePhysics`, a linear one → `LinearPhysics`.
 
     sigma_y (model units, as ipsolve's solvers take it): the physics gets `GaussianNoise(sigma_y / 2)`
-    (deepinv's [0, 1] units); None: no noise model. dtype: that of the mask (the singular values), which
-    deepinv's DDRM mixes with the images (default: torch's default dtype); the operator itself follows
-    its input's dtype.
+    (deepinv's [0, 1] units); None: no noise model. dtype: that of the physics' buffers, the mask (the
+    singular values) among them, which deepinv's DDRM mixes with the images (default: torch's default
+    dtype); A, A_adjoint, A_dagger, U and V follow their input's dtype.
     """
     dinv = _deepinv()
     if not all(callable(getattr(op, name, None)) for name in ("H", "Ht", "H_pinv")):
@@ -78,6 +78,7 @@ def _classes():
         def __init__(self, op, noise_model, dtype):
             super().__init__(img_size=op.input_shape, noise_model=noise_model)
             self.op = op
+            self.to(dtype)
 
         def A(self, x, **kwargs):
             return self.op.H(_fixed(self, x, kwargs))
@@ -94,8 +95,9 @@ def _classes():
         def __init__(self, op, noise_model, dtype):
             singulars = torch.nn.functional.pad(op.singulars(), (0, op.dim - op.rank))
             dinv.physics.DecomposablePhysics.__init__(self, img_size=op.input_shape, noise_model=noise_model,
-                                                       mask=singulars.to(dtype)[None])
+                                                       mask=singulars[None])
             self.op = op
+            self.to(dtype)
 
         def V_adjoint(self, x):
             return self.op.Vt(x)
@@ -157,8 +159,10 @@ def grid_sigmas(alphas_cumprod) -> torch.Tensor:
 
 def nearest_timesteps(alphas_cumprod, a) -> torch.Tensor:
     """For each ᾱ in `a` (1-D), the timestep t whose ᾱ_t is nearest in log(ᾱ/(1 − ᾱ)) (long, a's device)."""
+    def log_snr(values):
+        return values.log() - (-values).log1p()
+
     grid = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device=a.device)
-    log_snr = lambda values: values.log() - (-values).log1p()  # noqa: E731
     distance = (log_snr(grid)[None, :] - log_snr(a.to(torch.float64))[:, None]).abs()
     return distance.argmin(dim=1)
 
@@ -234,8 +238,10 @@ def _image_shape(physics, input_shape):
 
 
 def _dtype(physics):
-    """The dtype of the physics' floating buffers (torch's default when it has none)."""
-    return next((b.dtype for b in physics.buffers() if b.is_floating_point()), torch.get_default_dtype())
+    """The widest dtype of the physics' real floating buffers (a float64 filter beside deepinv's float32
+    device marker: float64), torch's default when it has none."""
+    dtypes = [b.dtype for b in physics.buffers() if b.is_floating_point()]
+    return functools.reduce(torch.promote_types, dtypes, dtypes[0]) if dtypes else torch.get_default_dtype()
 
 
 def _device(physics):
