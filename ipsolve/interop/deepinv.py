@@ -241,7 +241,7 @@ def _dtype(physics):
     """The widest dtype of the physics' real floating buffers (a float64 filter beside deepinv's float32
     device marker: float64), torch's default when it has none."""
     dtypes = [b.dtype for b in physics.buffers() if b.is_floating_point()]
-    return functools.reduce(torch.promote_types, dtypes, dtypes[0]) if dtypes else torch.get_default_dtype()
+    return functools.reduce(torch.promote_types, dtypes) if dtypes else torch.get_default_dtype()
 
 
 def _device(physics):
