@@ -7,6 +7,8 @@
   the missing pixels at 0 (black) plus ``y.mask.png`` (white = observed); a composition ending in
   inpainting (e.g. deblur_gauss+inp) writes the image its inpainting part sees, with zeros and mask alike;
 * ``y.png.json``: {"operator": op.spec(), "sigma_y": {"model": σ, "pixel": σ/2}, "mask": "y.mask.png"}.
+  A DeepInverse physics (`ipsolve.interop.deepinv.from_deepinv`) records its class and constructor
+  parameters, {"name": "deepinv", "class", "params", …}, or its spec() refuses when they cannot rebuild it.
   The library's sigma_y is in model units ([-1, 1]); pixel units ([0, 1]) are half of it.
 
 ``read_measurement("y.png")`` rebuilds (y, op, sigma_y) from the sidecar, which is checked: σ finite,
@@ -114,7 +116,7 @@ def read_sidecar(path) -> Sidecar:
             parts[-1]["mask_path"] = mask_file
             spec = dict(spec, parts=parts) if "parts" in spec else parts[-1]
     try:
-        op = degradations.make(**spec)
+        op = _physics_from_spec(spec) if spec.get("name") == "deepinv" else degradations.make(**spec)
     except TypeError as error:
         raise ValueError(f"{where}: the operator {spec} cannot be rebuilt ({error})") from None
     if mask_file is not None and not torch.equal(degradations.load_mask(mask_file), _inpainting_part(op).mask):
@@ -212,6 +214,17 @@ def _image_to_measurement(path, image, op):
                          f"expects {'x'.join(map(str, expected))}; check the task and image size")
     values = to_model(image)[None]
     return inpainting.H(values) if inpainting is not None else values
+
+
+def _physics_from_spec(spec):
+    """A DeepInverse physics recorded by `ipsolve.interop.deepinv.physics_spec`; ValueError (one line) when
+    the deepinv extra is missing."""
+    from .interop.deepinv import from_spec
+
+    try:
+        return from_spec(spec)
+    except ImportError as error:
+        raise ValueError(f"the measurement records a DeepInverse physics and {error}") from None
 
 
 def _inpainting_part(op):
