@@ -324,10 +324,10 @@ def test_nested_pigdm_restores_through_deepinvs_mri(embedded, digits):
     assert isinstance(op, DeepinvLinearOperator)  # a composition: H, Ht and conjugate gradients
     clean = 2 * digits[:2] - 1
     y = op.H(clean) + 0.02 * randn(2, *op.measurement_shape, seed=1)
-    # start="noise": a real image's spectrum is conjugate-symmetric, so H Hᵀ is singular and the
-    # measurement start's (H Hᵀ)⁻¹ y of a noisy y does not exist
+    # the default measurement start: a real image's spectrum is conjugate-symmetric, so H Hᵀ is singular and
+    # a noisy y leaves its range; H⁺y (least squares) still exists
     run = solvers.nested(embedded, inner="pigdm", outer_steps=4, inner_steps=6, y=y, op=op, sigma_y=0.02,
-                         start="noise", generator=torch.Generator().manual_seed(1))
+                         generator=torch.Generator().manual_seed(1))
     residuals = torch.stack([(op.H(preview.x0) - y).flatten(1).norm(dim=1) for preview in run])  # (previews, B)
     assert torch.equal(residuals.argmin(dim=0), torch.tensor([3, 3]))  # the last preview is the most consistent
     assert (residuals[-1] < 0.5 * residuals[0]).all()
