@@ -364,7 +364,7 @@ def curve_block(digits):
     results, count = digits
     return "\n".join([
         CURVE_BEGIN, "", "### Posterior mean along the previews", "",
-        f"`scripts/bench_posterior.py` (docs/posterior_estimates.md): nested DDRM {DIGIT_OUTER} × {DIGIT_INNER} with "
+        f"`scripts/bench_posterior.py` ([posterior_estimates.md](posterior_estimates.md)): nested DDRM {DIGIT_OUTER} × {DIGIT_INNER} with "
         f"samples={DIGIT_SAMPLES} on the embedded model, `mnist32('test')[:{count}]`, tasks as the packaged task "
         f"files; PSNR (dB) of one sample and of the mean of the {DIGIT_SAMPLES} samples at every preview.", "",
         *curve_table(results), "", "![mean of K against one sample along the previews](images/posterior_anytime.png)",
