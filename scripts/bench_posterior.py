@@ -21,7 +21,7 @@ Writes docs/posterior_estimates.md (what follows READING_MARKER in it is kept), 
 docs/anytime_schedule.md and docs/images/posterior_{digit,patch,anytime}.png; --quick only prints.
 
 Usage: python scripts/bench_posterior.py [--patches 64] [--images 64] [--components 10] [--em-iterations 20]
-       [--quick]
+       [--batch 32] [--quick]
 """
 from __future__ import annotations
 
@@ -322,7 +322,8 @@ def report(benchmarks, digits, command, sizes):
              "", "## a. Against the exact posterior (Gaussian-mixture priors)", "",
              "Each mixture *is* the diffusion model, so E[x₀ | y] and Cov[x₀ | y] are exact. σ_y (model units): "
              + ", ".join(f"{t} {s}" for t, s in MIXTURE_TASKS.items()) + ". Solvers with bench_solvers' options "
-             "(DDRM η = 0.85, η_b = 1; DDNM η = 0.85; ΠGDM η = 1; DPS restore's per-task step) and DDRM with η = 1; "
+             "(DDRM η = 0.85, η_b = 1; DDNM η = 0.85; ΠGDM η = 1; DPS restore's per-task step) "
+             "and DDRM with η = 1; "
              "plain runs on "
              "DDRM's grid for each budget; nested DDRM: one run of 10 + 10 + 10 + 70 calls, its previews. "
              f"{DRAWS} draws per image; the mean of K is scored on each of the {DRAWS} / K disjoint groups.", "",
@@ -364,7 +365,8 @@ def curve_block(digits):
     results, count = digits
     return "\n".join([
         CURVE_BEGIN, "", "### Posterior mean along the previews", "",
-        f"`scripts/bench_posterior.py` ([posterior_estimates.md](posterior_estimates.md)): nested DDRM {DIGIT_OUTER} × {DIGIT_INNER} with "
+        "`scripts/bench_posterior.py` ([posterior_estimates.md](posterior_estimates.md)): "
+        f"nested DDRM {DIGIT_OUTER} × {DIGIT_INNER} with "
         f"samples={DIGIT_SAMPLES} on the embedded model, `mnist32('test')[:{count}]`, tasks as the packaged task "
         f"files; PSNR (dB) of one sample and of the mean of the {DIGIT_SAMPLES} samples at every preview.", "",
         *curve_table(results), "", "![mean of K against one sample along the previews](images/posterior_anytime.png)",
@@ -384,16 +386,20 @@ def write_curve(path, block):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--patches", type=int, default=64, help="held-out images per exact-mixture benchmark")
-    parser.add_argument("--images", type=int, default=64, help="held-out digits (embedded model)")
+    parser.add_argument("--patches", type=int, help="held-out images per exact-mixture benchmark (default 64)")
+    parser.add_argument("--images", type=int, help="held-out digits, embedded model (default 64)")
     parser.add_argument("--components", type=int, default=10, help="mixture components")
     parser.add_argument("--em-iterations", type=int, default=20, help="EM iterations of the mixture fits")
     parser.add_argument("--batch", type=int, default=32, help="digits per nested run (× 8 samples a batch)")
     parser.add_argument("--quick", action="store_true",
                         help="8 patches and 4 digits, print only (docs and pictures are left as they are)")
     args = parser.parse_args()
+    if args.quick and (args.patches, args.images) != (None, None):
+        parser.error("--quick sets --patches 8 and --images 4: give either --quick or the sizes")
     if args.quick:
         args.patches, args.images = 8, 4
+    args.patches = 64 if args.patches is None else args.patches
+    args.images = 64 if args.images is None else args.images
     if min(args.patches, args.images, args.components, args.em_iterations, args.batch) < 1:
         parser.error("--patches, --images, --components, --em-iterations and --batch must be at least 1")
     torch.set_num_threads(1)
