@@ -315,7 +315,7 @@ def patch_picture(pictures):
 # ------------------------------------------------------------------------------- report
 def report(benchmarks, digits, command, sizes):
     lines = ["# Posterior mean and std from K samples", "",
-             f"Command: `{command}` (`scripts/bench_posterior.py`; {sizes}).", "",
+             f"Command: `{command}` ({sizes}).", "",
              "Issue 20: `solvers.sample_estimate` / `solvers.nested(..., samples=K)` return the mean and per-pixel "
              "std of K draws per measurement (`solvers.estimate`). Here they are checked against the exact "
              "posterior of Gaussian-mixture priors, and the mean's PSNR gain is measured on the embedded model.",
