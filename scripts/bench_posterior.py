@@ -357,7 +357,7 @@ def report(benchmarks, digits, command, sizes):
               "(std in [0, 1] pixel units).", "",
               "![mean, std and samples of a photo patch](images/posterior_patch.png)", "",
               f"Per task: DDRM with {BUDGETS[-1]} calls ({DRAWS} draws) above the exact posterior (its draws, mean "
-              "and std) for the first held-out photo patch.", ""]
+              "and std) for the first held-out photo patch; every std map has its own colour scale (its bar).", ""]
     return "\n".join(lines)
 
 
