@@ -1,5 +1,6 @@
-"""Figures a person reads at a glance: the anytime strip and its animation.
+"""Figures a person reads at a glance: the anytime strip and its animation, labelled grids of pictures.
 
+`labelled_grid(rows)` lays out labelled pictures (images and std maps) in rows.
 `std_picture(std)` draws a posterior std map, colour-mapped with a scale bar (`ipsolve restore --estimate mean`).
 `anytime_strip(measurement, previews, nfes, psnrs)` draws, left to right, the measurement (shown at the
 image's size, e.g. H⁺y) and every anytime preview, each column labelled with its NFE (and each tile with its
@@ -75,6 +76,42 @@ def anytime_frames(measurement, previews, nfes, psnrs=None) -> list[Image.Image]
     """One picture per preview for the animation: the measurement beside that preview, labelled alike."""
     return [anytime_strip(measurement, [batch], [nfe], None if psnrs is None else [psnrs[k]])
             for k, (batch, nfe) in enumerate(zip(previews, nfes))]
+
+
+def labelled_grid(rows: Sequence[Sequence[tuple[str, torch.Tensor | Image.Image]]]) -> Image.Image:
+    """Pictures in rows, each under its label, as one RGB picture (e.g. a posterior's samples, mean and std).
+
+    rows: per row, (label, picture) pairs; a picture is a (C, H, W) image in [0, 1], enlarged like the
+    strip's tiles (longer side at least `MIN_TILE`), or a PIL picture (`std_picture`'s), pasted as it is.
+    Every column is as wide as its widest picture (each centred in it), every row as tall as its tallest."""
+    cells = [[(label, _picture(picture)) for label, picture in row] for row in rows]
+    if not cells or not all(cells):
+        raise ValueError("labelled_grid needs at least one row, each with at least one (label, picture)")
+    widths = [max(row[column][1].width for row in cells if column < len(row))
+              for column in range(max(len(row) for row in cells))]
+    line = FONT_SIZE + 6
+    heights = [line + max(picture.height for _, picture in row) for row in cells]
+    figure = Image.new("RGB", (GAP + sum(width + GAP for width in widths), GAP + sum(h + GAP for h in heights)),
+                       BACKGROUND)
+    draw, font = ImageDraw.Draw(figure), ImageFont.load_default(size=FONT_SIZE)
+    top = GAP
+    for row, height in zip(cells, heights):
+        left = GAP
+        for (label, picture), width in zip(row, widths):
+            _centred(draw, label, left, width, top, font)
+            figure.paste(picture, (left + (width - picture.width) // 2, top + line))
+            left += width + GAP
+        top += height + GAP
+    return figure
+
+
+def _picture(picture) -> Image.Image:
+    """A PIL picture as RGB, or a (C, H, W) image in [0, 1] enlarged to a tile."""
+    if isinstance(picture, Image.Image):
+        return picture.convert("RGB")
+    height, width = picture.shape[-2:]
+    scale = max(1, math.ceil(MIN_TILE / max(height, width)))
+    return _enlarged(picture.detach().to("cpu", torch.float32), width * scale, height * scale)
 
 
 def _enlarged(image: torch.Tensor, width: int, height: int) -> Image.Image:

@@ -203,12 +203,18 @@ def bench_setting(model, clean, tasks, seeds, with_lpips, prior=None):
     return results, {solver: sum(values) / len(values) for solver, values in costs.items()}
 
 
-def patch_setting(args, seeds):
+def fitted_benchmark(train, test, components, em_iterations, count):
+    """An exact-prior benchmark: a `components`-component mixture fitted by EM (`em_iterations`, seed 0) to
+    `train` — the diffusion model itself — and `count` of the held-out images `test`, drawn at random (seed 1)."""
     alphas_cumprod = alphas_cumprod_from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
-    train, test = photo_patches(patch=8)
-    prior = GaussianMixturePrior.fit(train, args.components, alphas_cumprod, iterations=args.em_iterations,
+    prior = GaussianMixturePrior.fit(train, components, alphas_cumprod, iterations=em_iterations,
                                      generator=torch.Generator().manual_seed(0))
-    clean = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:args.patches]]
+    return prior, test[torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:count]]
+
+
+def patch_setting(args, seeds):
+    train, test = photo_patches(patch=8)
+    prior, clean = fitted_benchmark(train, test, args.components, args.em_iterations, args.patches)
     results, costs = bench_setting(prior, clean, PATCH_TASKS, seeds, with_lpips=False, prior=prior)
     title = (f"photo patches 3×8×8: {args.components}-component mixture ({args.em_iterations} EM iterations on "
              f"{len(train)} patches), {len(clean)} held-out patches")

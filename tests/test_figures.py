@@ -1,6 +1,8 @@
 """The anytime strip and its animation: layout, enlargement by whole pixels, labels."""
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 import degradations
 from ipsolve import figures
@@ -57,3 +59,31 @@ def test_the_measurement_is_shown_at_the_image_size():
     y = torch.rand(1, 1, 8, 8) * 2 - 1
     shown = measurement_picture(y, op)
     torch.testing.assert_close(shown, ((y[0] + 1) / 2).repeat_interleave(4, 1).repeat_interleave(4, 2))
+
+
+def test_a_labelled_grid_sizes_columns_by_their_widest_picture_and_enlarges_image_tiles():
+    """Row 1: a 32×32 image (enlarged 8× to 256) beside a 100×40 picture; row 2: one 300×50 picture. Column 1
+    is 300 wide (its widest), column 2 100; each row is its label line and its tallest picture."""
+    image = batches(1, samples=1)[0][0]
+    narrow = Image.new("RGB", (100, 40), (255, 0, 0))
+    wide = Image.new("RGB", (300, 50), (0, 0, 255))
+    grid = figures.labelled_grid([[("sample", image), ("std", narrow)], [("mean", wide)]])
+    line = figures.FONT_SIZE + 6
+    assert grid.size == (GAP + 300 + GAP + 100 + GAP, GAP + line + 256 + GAP + line + 50 + GAP)
+    pixels = as_tensor(grid)
+    left = GAP + (300 - 256) // 2  # centred in its column
+    shown = pixels[0, GAP + line:GAP + line + 256, left:left + 256]
+    expected = image[0].mul(255).round() / 255
+    torch.testing.assert_close(shown, expected.repeat_interleave(8, 0).repeat_interleave(8, 1))
+    narrow_shown = pixels[:, GAP + line:GAP + line + 40, GAP + 300 + GAP:GAP + 300 + GAP + 100]  # pasted at the top
+    assert bool((narrow_shown[0] == 1).all()) and bool((narrow_shown[1:] == 0).all())
+    blue = pixels[:, 2 * GAP + line + 256 + line, GAP:GAP + 300]
+    assert bool((blue[2] == 1).all()) and bool((blue[:2] == 0).all())
+    assert bool((pixels[:, GAP:GAP + line, :] < 0.5).any())  # labels drawn
+
+
+def test_a_labelled_grid_needs_pictures():
+    with pytest.raises(ValueError, match="labelled_grid"):
+        figures.labelled_grid([])
+    with pytest.raises(ValueError, match="labelled_grid"):
+        figures.labelled_grid([[]])
