@@ -156,7 +156,8 @@ def test_noise_seed_settings_model_and_version_are_in_the_folder_key(tmp_path, m
     keys = {"sigma_y": key_of(source, spec, sigma_y=0.2), "index": key_of(source, spec, index=1),
             "model": key_of(source, spec, model_key="n" * 16)}
     for name, value in [("outer", 5), ("inner", 6), ("budget", 12), ("solver", "pigdm"), ("vanilla", True),
-                        ("seed", 1), ("schedule", "paper"), ("options", {"eta": 0.5, "eta_b": 1.0}),
+                        ("seed", 1), ("schedule", "paper"), ("samples", 2), ("samples", 3),
+                        ("estimate", "mean"), ("options", {"eta": 0.5, "eta_b": 1.0}),
                         ("options", {"eta": 0.85, "eta_b": 0.5})]:
         keys[f"{name}={value}"] = key_of(source, spec, settings=replace(SETTINGS, **{name: value}))
     source.write_bytes(b"measurement, edited")
