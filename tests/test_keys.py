@@ -388,12 +388,17 @@ def test_every_input_of_an_eval_record_changes_its_key(evaluator, tmp_path, monk
                    for name, value in [("name", "plain"), ("solver", "ddnm"), ("options", {"eta": 0.5, "eta_b": 1.0}),
                                        ("options", {"eta": 0.85, "eta_b": 0.5}), ("eta_outer", 0.5)]})
     others["seed"] = replace(config, seed=1)
+    others.update({f"samples {k}": replace(config, samples=k) for k in (2, 3)})
     changes = {name: evaluator(config=changed) for name, changed in others.items()}
     changes["model"] = evaluator(model=nudged)
     changes["lpips"] = evaluator(lpips="vgg")
     for name, changed_evaluator in changes.items():
         first = changed_evaluator.key(evaluation.plan_runs(changed_evaluator.config)[0], 4, 0)
         assert first != keys[0], name
+    assert changes["samples 2"].key(evaluation.plan_runs(config)[0], 4, 0) != \
+        changes["samples 3"].key(evaluation.plan_runs(config)[0], 4, 0)
+    # K = 1 spelled out is the K of a config without samples: what an earlier ipsolve stored stays reused
+    assert eval_keys(evaluator(config=replace(config, samples=1))) == keys
     monkeypatch.setattr(ipsolve, "__version__", ipsolve.__version__ + ".post1")
     assert eval_keys(evaluator())[0] != keys[0]
     monkeypatch.undo()
