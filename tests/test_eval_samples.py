@@ -58,6 +58,22 @@ def test_std_coverage_of_gaussian_errors_is_the_normal_probability():
     assert np.abs(covered - expected).max() < 0.006  # 49,152 pixels an image: the binomial sd is ≤ 0.0021
 
 
+@pytest.mark.parametrize("k", [2, 4, 16])
+def test_exact_coverage_is_what_exact_gaussian_posterior_draws_give(k):
+    """Simulated with numpy: per pixel a posterior N(μ, σ²), the clean value and K samples drawn from it, the
+    mean and unbiased std of the K; the fraction of |mean − clean| ≤ c·std against `exact_coverage(K)`."""
+    generator = np.random.default_rng(k)
+    pixels_ = 400_000
+    mu, sigma = generator.uniform(0, 1, pixels_), generator.uniform(0.01, 0.2, pixels_)
+    clean = mu + sigma * generator.standard_normal(pixels_)
+    draws = mu[:, None] + sigma[:, None] * generator.standard_normal((pixels_, k))
+    error, std = np.abs(draws.mean(axis=1) - clean), draws.std(axis=1, ddof=1)
+    simulated = [np.mean(error <= c * std) for c in (1, 2, 3)]
+    assert np.abs(np.array(metrics.exact_coverage(k)) - simulated).max() < 0.003  # binomial sd ≤ 0.0008
+    with pytest.raises(ValueError, match="2 or more samples"):
+        metrics.exact_coverage(1)
+
+
 def test_std_coverage_refuses_arrays_of_other_shapes():
     with pytest.raises(ValueError, match="one shape"):
         metrics.std_coverage(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 2, 2))
@@ -186,6 +202,8 @@ def test_the_report_says_which_rows_are_samples_and_which_are_means(evaluated):
     fid = table.split("## FID")[1].split("## KID")[0]
     assert "sample 1 of" in fid and "mean of" not in fid  # no FID row for a mean
     assert "## Calibration" in table and "68.3 / 95.4 / 99.7" in table
+    assert f"| exact Gaussian posterior, K = {K} | | | " + " | ".join(
+        f"{100 * v:.1f}" for v in metrics.exact_coverage(K)) + " | |" in table
     assert "comparable" in table and "std 0" in table and "no FID" in table
     calibration = read_csv(out / "calibration.csv")
     for row in calibration:  # the table's percentages are calibration.csv's fractions

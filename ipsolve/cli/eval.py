@@ -11,7 +11,9 @@ from ipsolve.services.values import device_name, folder_name, positive_int
 def add_eval_arguments(parser) -> None:
     """Arguments of `ipsolve eval`."""
     parser.add_argument("--config", required=True,
-                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path")
+                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path; "
+                        "its `samples: K` draws K samples per image: the tables then give sample 1 of K and the "
+                        "mean of K (PSNR / LPIPS) and calibration.csv the std's coverage")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder of png/jpg images, sorted by name, fitted to the model's size")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")

@@ -214,10 +214,13 @@ def markdown_table(rows: list[dict], aucs: dict, config, model_name: str, lpips_
     for task in config.tasks:
         lines.append(f"| {task.name} | " + " | ".join(_cell(aucs[task.name][m.name], 1) for m in config.methods) + " |")
     if calibrated:
+        exact = metrics.exact_coverage(config.samples)
         lines += ["", f"## Calibration of the std of {config.samples} samples: % of pixels whose |mean − clean| "
-                  "lies within 1 / 2 / 3 std (a Gaussian posterior: 68.3 / 95.4 / 99.7)", "",
+                  "lies within 1 / 2 / 3 std (a Gaussian posterior: 68.3 / 95.4 / 99.7 as K grows)", "",
                   "| task | method | NFE | within 1 std | within 2 std | within 3 std | std 0 |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|",
+                  f"| exact Gaussian posterior, K = {config.samples} | | | "
+                  + " | ".join(f"{100 * value:.1f}" for value in exact) + " | |"]
         for row in calibrated:
             lines.append(f"| {row['task']} | {row['method']} | {row['nfe']} | "
                          + " | ".join(f"{100 * row[key]:.1f}" for key in (*WITHIN, "zero_std")) + " |")
@@ -245,7 +248,10 @@ def estimates_note(config) -> str:
             f"FID is comparable neither with the samples' nor with the paper's FID. Calibration: a pixel is "
             f"within c std when |mean − clean| ≤ c·std (8-bit mean and clean, std of the {k} samples in [0, 1] "
             f"pixel units); a pixel of std 0 (all samples equal) counts as within only when its error is 0, and "
-            f"the last column gives the share of such pixels.")
+            f"the last column gives the share of such pixels. The first row is what exact draws of a Gaussian "
+            f"posterior give at this K (Student's t with {k - 1} degrees of freedom: the std of {k} samples is "
+            f"itself uncertain, and the mean's error holds 1/{k} of a sample's variance besides the posterior's)."
+            f" Fewer pixels within than that: the std is too small (over-confident); more: too large.")
 
 
 def _cell(value: float, digits: int, nfe: int | None = None, budget: int | None = None) -> str:
@@ -326,7 +332,8 @@ def metadata(config, images: list[Path], model_name: str, shape: tuple, workers,
                   "measurement noise first, then every solver draw"},
         "noise_units": {t.name: {"sigma_y_pixel": t.sigma_y_pixel, "sigma_y_model": t.sigma_y_model}
                         for t in config.tasks},
-        "samples": {"K": config.samples, "estimates": estimates_note(config)},
+        "samples": {"K": config.samples, "estimates": estimates_note(config),
+                    "exact_gaussian_coverage": metrics.exact_coverage(config.samples) if config.samples > 1 else None},
         "metrics": {"psnr": "per image on [0, 1], the 8-bit outputs and clean images as saved; mean over images",
                     "lpips": lpips, "fid": fid, "kid": fid and "clean-fid kernel_distance (polynomial kernel)",
                     "log_fid_auc": "trapezoid area under ln(FID) against exact NFE over the evaluated budgets"},
