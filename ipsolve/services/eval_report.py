@@ -129,11 +129,10 @@ def calibration(config, records: list[dict]) -> list[dict]:
     within 1, 2, 3 std, and of pixels of zero std (every image has as many pixels: the pooled fractions)."""
     rows = []
     for task, method, budget in itertools.product(config.tasks, config.methods, config.budgets):
-        group = [r["mean"] for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
-        nfe = next(r["nfe"] for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget))
-        rows.append({"task": task.name, "method": method.name, "budget": budget, "nfe": nfe, "images": len(group),
-                     "samples": config.samples,
-                     **{key: float(np.mean([g[key] for g in group])) for key in (*WITHIN, "zero_std")}})
+        group = [r for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
+        rows.append({"task": task.name, "method": method.name, "budget": budget, "nfe": group[0]["nfe"],
+                     "images": len(group), "samples": config.samples,
+                     **{key: float(np.mean([r["mean"][key] for r in group])) for key in (*WITHIN, "zero_std")}})
     return rows
 
 

@@ -181,10 +181,10 @@ def solve(model, run: Run, clean: torch.Tensor, op, generators, capture: tuple =
     """Measure `clean` ([0, 1] images) with `op` and run the solver: ({budget: (x0 in model space, NFE)},
     {n: the plain solver's x̂₀ after n calls} for each n of `capture` (plain solvers only)). With `samples`
     K > 1 every x0 holds K draws of each image (B·K rows, measurement-major)."""
-    y = op.H(to_model(clean))
-    y = y + run.task.sigma_y_model * distributed.per_image_noise(generators)(tuple(y.shape)).to(y)
-    noise = distributed.per_image_noise(generators, samples)
     sigma_y = run.task.sigma_y_model
+    y = op.H(to_model(clean))
+    y = y + sigma_y * distributed.per_image_noise(generators)(tuple(y.shape)).to(y)  # one measurement an image
+    noise = distributed.per_image_noise(generators, samples)  # then the solver's draws, K rows an image
     method = run.method
     measured = {"y": y, "forward": op} if method.solver == "dps" else {"y": y, "op": op, "sigma_y": sigma_y}
     if not method.nested:
@@ -305,7 +305,9 @@ class Evaluator:
         with torch.no_grad():
             results, trajectory = solve(self.model, run, clean, op, generators, captured_budgets(self.config, run),
                                         samples)
-        first = lambda x0: split_samples(x0, samples)[:, 0]  # noqa: E731  (sample 0 of each image)
+        def first(x0):  # sample 0 of each image
+            return split_samples(x0, samples)[:, 0]
+
         final = as_saved(first(results[max(results)][0]))
         along = {b: distances(as_saved(first(x0)), final, self.lpips_net) for b, x0 in trajectory.items()}
         for budget, (x0, nfe) in results.items():
