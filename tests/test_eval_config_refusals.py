@@ -26,14 +26,15 @@ from ipsolve.config import load_eval_config
 from ipsolve.imageio import save_image
 from _trees import tree
 
-VALID = {"model": "gaussian:1x32x32", "seed": 3, "batch_size": 2,
+VALID = {"model": "gaussian:1x32x32", "seed": 3, "batch_size": 2, "samples": 2,
          "tasks": ["deno", {"name": "inp30", "operator": "inp", "sigma_y_pixel": 0.05, "seed": 0}],
          "budgets": [2, 4],
          "methods": {"ddrm": {"eta": 0.85}, "nested": {"inner_steps": 2, "eta_outer": 0.0}},
          "metrics": {"lpips": None, "fid": None}}
 
 # the kind of each key path of VALID: which wrong values and out-of-range numbers it gets
-KINDS = {"model": "text", "seed": "seed", "batch_size": "count", "tasks": "list", "tasks[0]": "name",
+KINDS = {"model": "text", "seed": "seed", "batch_size": "count", "samples": "count", "tasks": "list",
+         "tasks[0]": "name",
          "tasks[1]": "mapping", "tasks[1].name": "name", "tasks[1].operator": "text",
          "tasks[1].sigma_y_pixel": "unit", "tasks[1].seed": "seed", "budgets": "list", "budgets[0]": "count",
          "methods": "mapping", "methods.ddrm": "mapping or null", "methods.ddrm.eta": "unit",
@@ -218,6 +219,7 @@ def test_the_mutations_cover_every_class():
     (dict(VALID, methods={"ddrm": 3}), "methods.ddrm must be a mapping of `key: value` entries, got 3"),
     (dict(VALID, budgets=4), "budgets must be a list"),
     (replaced("methods.nested.inner_steps", 0), "methods.nested.inner_steps must be a positive integer, got 0"),
+    (replaced("samples", 0), "samples must be a positive integer, got 0"),
 ])
 def test_shapes_that_gave_tracebacks_are_one_line_in_a_real_process(world, tmp_path, config, names):
     path = tmp_path / "config.yml"

@@ -156,7 +156,8 @@ def test_noise_seed_settings_model_and_version_are_in_the_folder_key(tmp_path, m
     keys = {"sigma_y": key_of(source, spec, sigma_y=0.2), "index": key_of(source, spec, index=1),
             "model": key_of(source, spec, model_key="n" * 16)}
     for name, value in [("outer", 5), ("inner", 6), ("budget", 12), ("solver", "pigdm"), ("vanilla", True),
-                        ("seed", 1), ("schedule", "paper"), ("options", {"eta": 0.5, "eta_b": 1.0}),
+                        ("seed", 1), ("schedule", "paper"), ("samples", 2), ("samples", 3),
+                        ("estimate", "mean"), ("options", {"eta": 0.5, "eta_b": 1.0}),
                         ("options", {"eta": 0.85, "eta_b": 0.5})]:
         keys[f"{name}={value}"] = key_of(source, spec, settings=replace(SETTINGS, **{name: value}))
     source.write_bytes(b"measurement, edited")
@@ -387,12 +388,17 @@ def test_every_input_of_an_eval_record_changes_its_key(evaluator, tmp_path, monk
                    for name, value in [("name", "plain"), ("solver", "ddnm"), ("options", {"eta": 0.5, "eta_b": 1.0}),
                                        ("options", {"eta": 0.85, "eta_b": 0.5}), ("eta_outer", 0.5)]})
     others["seed"] = replace(config, seed=1)
+    others.update({f"samples {k}": replace(config, samples=k) for k in (2, 3)})
     changes = {name: evaluator(config=changed) for name, changed in others.items()}
     changes["model"] = evaluator(model=nudged)
     changes["lpips"] = evaluator(lpips="vgg")
     for name, changed_evaluator in changes.items():
         first = changed_evaluator.key(evaluation.plan_runs(changed_evaluator.config)[0], 4, 0)
         assert first != keys[0], name
+    assert changes["samples 2"].key(evaluation.plan_runs(config)[0], 4, 0) != \
+        changes["samples 3"].key(evaluation.plan_runs(config)[0], 4, 0)
+    # K = 1 spelled out is the K of a config without samples: what an earlier ipsolve stored stays reused
+    assert eval_keys(evaluator(config=replace(config, samples=1))) == keys
     monkeypatch.setattr(ipsolve, "__version__", ipsolve.__version__ + ".post1")
     assert eval_keys(evaluator())[0] != keys[0]
     monkeypatch.undo()

@@ -11,7 +11,9 @@ from ipsolve.services.values import device_name, folder_name, positive_int
 def add_eval_arguments(parser) -> None:
     """Arguments of `ipsolve eval`."""
     parser.add_argument("--config", required=True,
-                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path")
+                        help="a packaged eval config (celeba_table2, embedded_table2, embedded_smoke) or a YAML path; "
+                        "its `samples: K` draws K samples per image: the tables then give sample 1 of K and the "
+                        "mean of K (PSNR / LPIPS) and calibration.csv the std's coverage")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder of png/jpg images, sorted by name, fitted to the model's size")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
@@ -27,6 +29,8 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, metavar="B",
                         help="images per solver batch (config's default)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID / KID (PSNR and LPIPS only)")
+    parser.add_argument("--force", action="store_true", help="run even when the memory estimate says a batch "
+                        "(batch_size images x the config's samples K) cannot fit")
 
 
 EXIT_SOME_FAILED = 1
@@ -38,7 +42,7 @@ def run_eval(args) -> int:
     from ipsolve.services.evaluation import plan_eval, run_eval_plan
 
     plan = plan_eval(args.config, args.data, args.out, model_name=args.model, limit=args.limit, device=args.device,
-                     batch_size=args.batch_size, overwrite=args.overwrite, fid=not args.no_fid)
+                     batch_size=args.batch_size, overwrite=args.overwrite, fid=not args.no_fid, force=args.force)
     report = run_eval_plan(plan)
     out = plan.layout.root
     if not report:

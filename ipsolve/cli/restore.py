@@ -26,7 +26,8 @@ are never replaced, nor any input):
   run.json      arguments, model, task, sigma_y in both units, seed, NFE per preview, time, version,
                 status (running / done / interrupted / failed): it always says how far the run got;
                 samples and estimate (K and mean / sample)
-with --samples K --estimate mean, also (K draws of the one measurement in one batch, their mean and spread):
+with --samples K --estimate mean, also (K draws of the measurement in one batch, their mean and spread;
+with a folder, in each measurement's run folder):
   preview_{step:02d}_nfe{nfe:03d}_mean.png  the posterior mean estimate of the K samples at that preview
   preview_{step:02d}_nfe{nfe:03d}_std.png   their per-pixel std, colour-mapped (viridis: dark = certain),
                 enlarged, with a scale bar in [0, 1] pixel units
@@ -91,8 +92,9 @@ def add_restore_command(commands):
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="samples per input (a grid)")
     parser.add_argument("--samples", type=positive_int, default=1, metavar="K",
-                        help="posterior samples of the one measurement, drawn together in one batch (a grid, "
-                        "like --batch, which it replaces: not both above 1); one measurement file for now")
+                        help="posterior samples of each measurement, drawn together in one batch (a grid, "
+                        "like --batch, which it replaces: not both above 1); with a folder, each image's K "
+                        "draws share its batch (--batch-size measurements x K rows)")
     parser.add_argument("--estimate", choices=("sample", "mean"), default="sample",
                         help="sample (default): today's files; mean: also the posterior mean of the K samples "
                         "(mean.png, the PSNR-minded answer) and their per-pixel std (std.png) at every preview; "

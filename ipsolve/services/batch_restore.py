@@ -9,7 +9,10 @@ i = r, r+K, …).
 
 Outputs: OUT/NAME/ (NAME = the file's stem) is the run folder `ipsolve restore` writes for that image,
 its run.json holding `key`, the fingerprint of what produced it (the measurement, sidecar and mask bytes,
-the model's weights, the solver and its options, steps, budget, the image's seed, the ipsolve version).
+the model's weights, the solver and its options, steps, budget, samples and estimate, the image's seed, the
+ipsolve version). With --samples K each image's K draws share the batch (its rows, measurement-major, all
+drawn from the image's generator) and its run folder gets the files of `ipsolve restore FILE --samples K`
+(with --estimate mean its mean and std pictures: `run_folder.RunFolder`).
 A rerun reuses a finished image only when its key is unchanged. `read_measurements` reads every file
 before anything is written (`folder_restore` plans with it); `restore_folder` then runs. OUT/index.csv
 (written by rank 0 at the end): source, task, NFE, seconds, status — `done`, `reused`, `failed: reason`
@@ -89,10 +92,13 @@ class BatchSettings:
     seed: int
     model_name: str
     schedule: str | None = None
+    samples: int = 1            # K posterior draws per measurement, in one batch
+    estimate: str = "sample"    # "mean": also the mean and std of the K draws (`run_folder.RunFolder`)
 
     def as_dict(self) -> dict:
         return {"outer": self.outer, "inner": self.inner, "budget": self.budget, "solver": self.solver,
-                "options": self.options, "vanilla": self.vanilla, "seed": self.seed, "schedule": self.schedule}
+                "options": self.options, "vanilla": self.vanilla, "seed": self.seed, "schedule": self.schedule,
+                "samples": self.samples, "estimate": self.estimate}
 
 
 def job_key(index: int, source: Path, measurement, settings: BatchSettings, model_key: str) -> str:
@@ -175,7 +181,8 @@ def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, 
     first = batch[0].measurement
     y = torch.cat([job.measurement.y for job in batch]).to(device)
     generators = [distributed.image_generator(settings.seed, job.index) for job in batch]
-    folders = [RunFolder(out / job.source.stem, measurement=measurement_picture(job.measurement.y, job.measurement.op))
+    folders = [RunFolder(out / job.source.stem, measurement=measurement_picture(job.measurement.y, job.measurement.op),
+                         estimate=settings.estimate)
                for job in batch]
     for job, run_folder in zip(batch, folders):
         run_folder.start(_record(job, settings, str(device)))
@@ -183,14 +190,13 @@ def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, 
 
     def on_preview(preview: Preview):
         for row, run_folder in enumerate(folders):
-            run_folder.add_preview(Preview(preview.x0[row:row + 1], preview.nfe, preview.step),
-                                   time.perf_counter() - start)
+            run_folder.add_preview(preview_of(preview, row, settings.samples), time.perf_counter() - start)
         bar.note(nfe=preview.nfe)
 
     try:
         restore_batch(y, first.op, first.sigma_y, model, settings.outer, settings.inner, budget=settings.budget,
                       solver=settings.solver, vanilla=settings.vanilla, schedule=settings.schedule,
-                      noise=distributed.per_image_noise(generators),
+                      noise=distributed.per_image_noise(generators, settings.samples), samples=settings.samples,
                       on_preview=on_preview, **settings.options)
     except (ValueError, OSError, RuntimeError) as error:
         for job, run_folder in zip(batch, folders):
@@ -207,6 +213,17 @@ def _solve(batch: list[Job], out: Path, model, settings: BatchSettings, device, 
         run_folder.finish({"interrupted": False, "elapsed_s": elapsed})
 
 
+def preview_of(preview: Preview, row: int, samples: int) -> Preview:
+    """Measurement `row`'s part of a batch preview: its K draws (rows row·K … row·K + K − 1) and, with K > 1,
+    their estimate, as `ipsolve restore FILE --samples K` hands them to its run folder."""
+    x0 = preview.x0[row * samples:(row + 1) * samples]
+    estimated = preview.estimate
+    if estimated is not None:
+        part = slice(row, row + 1)
+        estimated = type(estimated)(estimated.mean[part], estimated.std[part], estimated.samples[part])
+    return Preview(x0, preview.nfe, preview.step, estimated)
+
+
 def _record(job: Job, settings: BatchSettings, device: str) -> dict:
     measurement = job.measurement
     sigma_y = float(measurement.sigma_y)
@@ -215,8 +232,8 @@ def _record(job: Job, settings: BatchSettings, device: str) -> dict:
             "model": {"name": settings.model_name}, "task": measurement.op.spec(),
             "solver": settings.solver if settings.vanilla else f"nested({settings.solver})",
             "settings": settings.as_dict(), "sigma_y": {"pixel": sigma_y / 2, "model": sigma_y},
-            "seed": distributed.image_seed(settings.seed, job.index), "device": device,
-            "nfe": 0, "interrupted": False}
+            "seed": distributed.image_seed(settings.seed, job.index), "samples": settings.samples,
+            "estimate": settings.estimate, "device": device, "nfe": 0, "interrupted": False}
 
 
 def _read_back(files: list[Path], out: Path, mine: list[Job]) -> list[Job]:

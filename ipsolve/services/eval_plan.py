@@ -4,6 +4,8 @@
 - the images of --data (listed; one that cannot be decoded is left out at run time, exit code 1);
 - the model, and the image_shape it takes;
 - each budget against the model's diffusion steps, each nested split against what the model can plan;
+- the memory a batch needs: batch_size images x `samples` K draws each (`resources.check_fits`; `force`
+  runs it anyway);
 - each task's operator on the model's images, and each solver on each operator;
 - every output folder resolved under --out (a link out of it is refused), and no input among the outputs;
 - what --out already holds: nothing of the evaluation's names unless an evaluation wrote them (its
@@ -27,11 +29,12 @@ from ipsolve.config import EvalConfig, in_file
 from ipsolve.restore import check_model_fits, check_solver_takes
 from ipsolve.services.checks import check_writable_folder
 from ipsolve.services.eval_report import REPORT_FILES
-from ipsolve.services.evaluation import OutputLayout, list_images, lpips_network, model_image_shape, plan_runs
+from ipsolve.services.evaluation import (OutputLayout, list_images, lpips_network, model_image_shape, plan_runs,
+                                         samples_part)
 
-# what an evaluation writes in a task folder: TASK/METHOD/nfeNNN/NNNNN.png and .json, and the hidden
-# temporary files of `imageio.atomic_path` that a killed run leaves behind
-WRITTEN = re.compile(r"\.?\d{5}(\.[0-9a-f]{32}\.tmp)?\.(png|json)")
+# what an evaluation writes in a task folder: TASK/METHOD/nfeNNN/NNNNN.png and .json (NNNNN_mean.png with
+# samples), and the hidden temporary files of `imageio.atomic_path` that a killed run leaves behind
+WRITTEN = re.compile(r"\.?\d{5}(_mean)?(\.[0-9a-f]{32}\.tmp)?\.(png|json)")
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,10 @@ class EvalPlan:
 
 def settings(config: EvalConfig) -> dict:
     """Everything in the config that changes a stored result (the batch size and FID settings do not:
-    FID is recomputed by every report)."""
+    FID is recomputed by every report); `samples` K only above 1 (`samples_part`)."""
     return {"model": config.model, "tasks": [t.as_dict() for t in config.tasks], "budgets": list(config.budgets),
             "methods": [m.as_dict() for m in config.methods], "seed": config.seed,
-            "image_shape": config.image_shape, "lpips": config.lpips}
+            "image_shape": config.image_shape, "lpips": config.lpips, **samples_part(config.samples)}
 
 
 def config_fingerprint(config: EvalConfig) -> str:
@@ -75,9 +78,10 @@ def manifest(config: EvalConfig, config_file: str | None) -> dict:
 
 def plan_evaluation(config: EvalConfig, data_dir, out_dir, workers: distributed.Workers, *, model=None,
                     limit: int | None = None, overwrite: bool = False,
-                    config_file: str | None = None) -> EvalPlan:
+                    config_file: str | None = None, force: bool = False) -> EvalPlan:
     """The checked plan of evaluating `config` on `data_dir` into `out_dir` (see the module doc)."""
     from ipsolve.models import load_model
+    from ipsolve.resources import check_fits
 
     images = tuple(list_images(data_dir, limit))
     model = model if model is not None else load_model(config.model, device=workers.device)
@@ -85,6 +89,7 @@ def plan_evaluation(config: EvalConfig, data_dir, out_dir, workers: distributed.
     with in_file(config_file) if config_file else nullcontext():  # the keys of the config, against the model
         check_image_shape(config, model, workers.device)
         check_steps(config, model)
+        check_fits(model, shape, config.batch_size * config.samples, workers.device, force=force)
         operators = tuple((task.name, task_operator(task, shape)) for task in config.tasks)
         for task_name, op in operators:
             for method in config.methods:
@@ -92,7 +97,7 @@ def plan_evaluation(config: EvalConfig, data_dir, out_dir, workers: distributed.
                     check_solver_takes(method.solver, op)
                 except ValueError as error:
                     raise ValueError(f"methods.{method.name} cannot restore task {task_name}: {error}") from None
-    layout = OutputLayout(out_dir)
+    layout = OutputLayout(out_dir, config.samples)
     check_writable_folder(layout.root)
     check_confined(layout, config)
     check_disjoint(layout, config, images, config_file)
@@ -216,7 +221,9 @@ def difference(earlier: dict, config: EvalConfig) -> str:
     """The first setting in which the earlier evaluation's manifest differs from `config`, in words."""
     if not isinstance(earlier.get("settings"), dict):
         return f"made with {earlier.get('config_file') or 'a config'} by an ipsolve that recorded no settings"
-    found = schema.first_difference(by_name(earlier["settings"]), by_name(manifest(config, None)["settings"]))
+    defaults = {"samples": 1}  # what a setting absent from a manifest stood for (`samples_part`)
+    found = schema.first_difference(by_name({**defaults, **earlier["settings"]}),
+                                    by_name({**defaults, **manifest(config, None)["settings"]}))
     if found is None:
         return "the same settings with another fingerprint"
     where, there, here = found

@@ -1,16 +1,36 @@
 """The tables, plot and metadata of `ipsolve eval`, written by rank 0 from the per-image records on disk.
 
-    per_image.csv   one row per (task, method, budget, image): NFE, PSNR, LPIPS
-    results.csv     one row per (task, method, budget): means of PSNR / LPIPS, FID and KID of the set, and
-                    the anytime consistency (the paper's Appendix B): the mean MSE and LPIPS between the
-                    image a user sees at that NFE and the same run's final — for nested methods the
-                    preview, for plain solvers the x̂₀ after that many calls of the run with the largest
-                    budget (what a user of the plain solver watched before)
-    table.md        Table-2-style markdown (PSNR, LPIPS, FID, KID against NFE) and the log-FID AUC
+    per_image.csv   one row per (task, method, estimate, budget, image): NFE, PSNR, LPIPS
+    results.csv     one row per (task, method, estimate, budget): means of PSNR / LPIPS, FID and KID of the
+                    set, and the anytime consistency (the paper's Appendix B): the mean MSE and LPIPS
+                    between the image a user sees at that NFE and the same run's final — for nested
+                    methods the preview, for plain solvers the x̂₀ after that many calls of the run with
+                    the largest budget (what a user of the plain solver watched before)
+    calibration.csv with `samples` K > 1: one row per (task, method, budget): the fraction of pixels whose
+                    mean error |mean − clean| lies within 1, 2, 3 std of the K samples, and of pixels of
+                    zero std
+    table.md        Table-2-style markdown (PSNR, LPIPS, FID, KID against NFE), the log-FID AUC and, with
+                    K > 1, the calibration table
     curves.png      PSNR and FID against NFE, one column per task
     results.json    everything above plus versions, seeds, noise units and metric backends
     failed.csv      the images that could not be read, and why (only when some could not; the tables
                     leave them out)
+
+Estimates (the `estimate` column; the paper's tables mix both kinds, these say which is which):
+- `sample`: one posterior sample per image, the restorer's output as it is. With K > 1 it is sample 1 of
+  the K (drawn in the same batch as the others, so not the very draws of a K = 1 run, but the same kind of
+  output): its PSNR, LPIPS and FID compare with a K = 1 run and with the paper's sample-based rows.
+- `mean`: the per-pixel mean of the K samples, an estimate of the posterior mean (MMSE): higher PSNR and
+  blurrier than any sample. Its PSNR and LPIPS are reported; its FID / KID are not: FID measures how
+  much a set of images looks like draws of the data, and a set of averages is by construction no such
+  set, so its FID would rank a blur against the paper's samples and mean nothing.
+
+Calibration: a pixel is within c std when |mean − clean| ≤ c · std (mean and clean as saved in 8 bits, the
+std of the K samples in [0, 1] pixel units). A Gaussian posterior whose std the K samples estimate well puts
+68.3 / 95.4 / 99.7 % of pixels within 1 / 2 / 3 std; fewer means the std is too small (over-confident),
+more too large. A pixel of zero std (every sample the same) counts as within only when its error is
+exactly zero (the inequality at std 0): a spread of none claims the estimate is exact. The `zero_std`
+column gives how many pixels that rule decided.
 
 log-FID AUC (the paper's Table 1 measure of anytime quality, lower is better): the area under the curve of
 ln(FID) against the number of network evaluations, by the trapezoid rule over the evaluated budgets
@@ -34,10 +54,13 @@ from ipsolve import metrics
 from ipsolve.imageio import atomic_path
 from ipsolve.services.progress import CountProgress
 
-REPORT_FILES = ("per_image.csv", "results.csv", "table.md", "curves.png", "results.json", "failed.csv")
-PER_IMAGE_COLUMNS = ("task", "method", "budget", "nfe", "index", "source", "psnr", "lpips")
-RESULT_COLUMNS = ("task", "method", "budget", "nfe", "images", "psnr", "lpips", "fid", "kid", "to_final_mse",
-                  "to_final_lpips")
+REPORT_FILES = ("per_image.csv", "results.csv", "calibration.csv", "table.md", "curves.png", "results.json",
+                "failed.csv")
+PER_IMAGE_COLUMNS = ("task", "method", "estimate", "budget", "nfe", "index", "source", "psnr", "lpips")
+RESULT_COLUMNS = ("task", "method", "estimate", "budget", "nfe", "images", "psnr", "lpips", "fid", "kid",
+                  "to_final_mse", "to_final_lpips")
+WITHIN = tuple(f"within_{width}std" for width in metrics.COVERAGE_WIDTHS)
+CALIBRATION_COLUMNS = ("task", "method", "budget", "nfe", "images", "samples", *WITHIN, "zero_std")
 
 
 def read_records(config, layout, count: int, failed=()) -> list[dict]:
@@ -55,8 +78,20 @@ def read_records(config, layout, count: int, failed=()) -> list[dict]:
     return records
 
 
+def per_image_rows(config, records: list[dict]) -> list[dict]:
+    """per_image.csv: each record as its sample row and, with K > 1, the mean row after it."""
+    rows = []
+    for record in records:
+        rows.append(dict(record, estimate="sample"))
+        if config.samples > 1:
+            rows.append(dict(record, estimate="mean", psnr=record["mean"]["psnr"], lpips=record["mean"]["lpips"]))
+    return rows
+
+
 def summarise(config, layout, records: list[dict], device) -> list[dict]:
-    """One row per (task, method, budget): mean PSNR / LPIPS, and FID / KID against the clean images."""
+    """One row per (task, method, budget): mean PSNR / LPIPS, and FID / KID against the clean images, of the
+    sample; with K > 1 a mean row after it (mean PSNR / LPIPS of the mean estimates, no FID, KID or anytime
+    consistency: see the module doc)."""
     indices = sorted({r["index"] for r in records})
     fid_enabled = config.fid_mode is not None and len(indices) >= 2
     if fid_enabled:
@@ -76,11 +111,28 @@ def summarise(config, layout, records: list[dict], device) -> list[dict]:
                 kid = metrics.kid_from_features(features, reference)
                 progress.update()
             to_final = consistency(records, task.name, method, budget, config.budgets[-1])
-            rows.append({"task": task.name, "method": method.name, "budget": budget,
+            rows.append({"task": task.name, "method": method.name, "estimate": "sample", "budget": budget,
                          "nfe": group[0]["nfe"], "images": len(group),
                          "psnr": float(np.mean([r["psnr"] for r in group])),
                          "lpips": float(np.mean([r["lpips"] for r in group])), "fid": fid, "kid": kid,
                          "to_final_mse": to_final["mse"], "to_final_lpips": to_final["lpips"]})
+            if config.samples > 1:
+                rows.append(dict(rows[-1], estimate="mean", fid=math.nan, kid=math.nan, to_final_mse=math.nan,
+                                 to_final_lpips=math.nan,
+                                 psnr=float(np.mean([r["mean"]["psnr"] for r in group])),
+                                 lpips=float(np.mean([r["mean"]["lpips"] for r in group]))))
+    return rows
+
+
+def calibration(config, records: list[dict]) -> list[dict]:
+    """With K > 1, one row per (task, method, budget): the mean over images of each image's fraction of pixels
+    within 1, 2, 3 std, and of pixels of zero std (every image has as many pixels: the pooled fractions)."""
+    rows = []
+    for task, method, budget in itertools.product(config.tasks, config.methods, config.budgets):
+        group = [r for r in records if (r["task"], r["method"], r["budget"]) == (task.name, method.name, budget)]
+        rows.append({"task": task.name, "method": method.name, "budget": budget, "nfe": group[0]["nfe"],
+                     "images": len(group), "samples": config.samples,
+                     **{key: float(np.mean([r["mean"][key] for r in group])) for key in (*WITHIN, "zero_std")}})
     return rows
 
 
@@ -99,6 +151,7 @@ def consistency(records: list[dict], task: str, method, budget: int, largest: in
 def log_fid_aucs(rows: list[dict]) -> dict:
     """{task: {method: AUC}} of ln(FID) against NFE (NaN when FID is off or under two budgets)."""
     aucs = {}
+    rows = [row for row in rows if row.get("estimate", "sample") == "sample"]  # mean rows have no FID
     for row in rows:
         aucs.setdefault(row["task"], {}).setdefault(row["method"], [])
     for task, methods in aucs.items():
@@ -116,42 +169,88 @@ def write_csv(path: Path, rows: list[dict], columns) -> None:
         writer.writerows(rows)
 
 
-def markdown_table(rows: list[dict], aucs: dict, config, model_name: str, lpips_note: str = "") -> str:
-    """Table-2-style markdown: for each metric, tasks × methods against the NFE budgets."""
+def estimate_label(config, estimate: str) -> str:
+    """How table.md names a row's kind: the sample (1 of K) or the mean of the K samples."""
+    if estimate == "mean":
+        return f"mean of {config.samples}"
+    return "sample" if config.samples == 1 else f"sample 1 of {config.samples}"
+
+
+def markdown_table(rows: list[dict], aucs: dict, config, model_name: str, lpips_note: str = "",
+                   calibrated: list[dict] = ()) -> str:
+    """Table-2-style markdown: for each metric, tasks × methods × estimates against the NFE budgets (FID, KID
+    and the anytime consistency of the samples only); with K > 1 the calibration table."""
     budgets = sorted({r["budget"] for r in rows})
-    header = "| task | method | " + " | ".join(f"{b} NFE" for b in budgets) + " |"
-    rule = "|---|---|" + "---|" * len(budgets)
+    header = "| task | method | estimate | " + " | ".join(f"{b} NFE" for b in budgets) + " |"
+    rule = "|---|---|---|" + "---|" * len(budgets)
     lines = [f"# Evaluation of {model_name}", ""]
-    for key, title, digits in (("psnr", "PSNR (dB, higher is better)", 2), ("lpips", "LPIPS (lower is better)", 4),
-                               ("fid", "FID (lower is better)", 2), ("kid", "KID (lower is better)", 4)):
-        lines += [f"## {title}", "", header, rule]
+
+    def table(estimates, cell):
         for task in config.tasks:
             for method in config.methods:
-                cells = {r["budget"]: r for r in rows if (r["task"], r["method"]) == (task.name, method.name)}
-                values = [_cell(cells[b][key], digits, cells[b]["nfe"], b) for b in budgets]
-                lines.append(f"| {task.name} | {method.name} | " + " | ".join(values) + " |")
+                for estimate in estimates:
+                    cells = {r["budget"]: r for r in rows
+                             if (r["task"], r["method"], r["estimate"]) == (task.name, method.name, estimate)}
+                    if cells:
+                        lines.append(f"| {task.name} | {method.name} | {estimate_label(config, estimate)} | "
+                                     + " | ".join(cell(cells[b], b) for b in budgets) + " |")
+
+    both = ("sample", "mean")
+    for key, title, digits, estimates in (("psnr", "PSNR (dB, higher is better)", 2, both),
+                                          ("lpips", "LPIPS (lower is better)", 4, both),
+                                          ("fid", "FID (lower is better)", 2, ("sample",)),
+                                          ("kid", "KID (lower is better)", 4, ("sample",))):
+        lines += [f"## {title}", "", header, rule]
+        table(estimates, lambda row, budget: _cell(row[key], digits, row["nfe"], budget))
         lines.append("")
     lines += ["## Anytime consistency: MSE from the image shown at each NFE to the run's final (lower is steadier)",
               "", header, rule]
-    for task in config.tasks:
-        for method in config.methods:
-            cells = {r["budget"]: r for r in rows if (r["task"], r["method"]) == (task.name, method.name)}
-            values = [_cell(cells[b]["to_final_mse"], 5) + f" / {_cell(cells[b]['to_final_lpips'], 4)}"
-                      for b in budgets]
-            lines.append(f"| {task.name} | {method.name} | " + " | ".join(values) + " |")
+    table(("sample",), lambda row, budget: _cell(row["to_final_mse"], 5) + f" / {_cell(row['to_final_lpips'], 4)}")
     lines += ["", "(each cell: MSE on [0, 1] images / LPIPS; plain solvers: the x̂₀ of their largest-budget run)", ""]
-    lines += ["## log-FID AUC (area under ln FID against NFE, trapezoid rule; lower is better)", "",
+    lines += ["## log-FID AUC (area under ln FID of the samples against NFE, trapezoid rule; lower is better)", "",
               "| task | " + " | ".join(m.name for m in config.methods) + " |",
               "|---|" + "---|" * len(config.methods)]
     for task in config.tasks:
         lines.append(f"| {task.name} | " + " | ".join(_cell(aucs[task.name][m.name], 1) for m in config.methods) + " |")
+    if calibrated:
+        exact = metrics.exact_coverage(config.samples)
+        lines += ["", f"## Calibration of the std of {config.samples} samples: % of pixels whose |mean − clean| "
+                  "lies within 1 / 2 / 3 std (a Gaussian posterior: 68.3 / 95.4 / 99.7 as K grows)", "",
+                  "| task | method | NFE | within 1 std | within 2 std | within 3 std | std 0 |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| exact Gaussian posterior, K = {config.samples} | | | "
+                  + " | ".join(f"{100 * value:.1f}" for value in exact) + " | |"]
+        for row in calibrated:
+            lines.append(f"| {row['task']} | {row['method']} | {row['nfe']} | "
+                         + " | ".join(f"{100 * row[key]:.1f}" for key in (*WITHIN, "zero_std")) + " |")
     lines += ["", "Notes: PSNR per image on [0, 1] of the 8-bit outputs as saved, then the mean over images. "
               "FID and KID compare the saved outputs with the clean images (clean-fid, "
               f"mode {config.fid_mode}). A cell marked * made a different number of network calls than its "
               "budget (vanilla DDRM's grid makes 31 calls for 30). Noise: "
               + ", ".join(f"{t.name} sigma_y = {t.sigma_y_pixel} pixel = {t.sigma_y_model} model units"
-                          for t in config.tasks) + "." + lpips_note, ""]
+                          for t in config.tasks) + "." + lpips_note, "", estimates_note(config), ""]
     return "\n".join(lines)
+
+
+def estimates_note(config) -> str:
+    """What the estimate column of table.md means (the paper's tables mix both kinds without saying)."""
+    if config.samples == 1:
+        return ("Estimate: every row is a posterior sample, one restorer output per image (`samples: K` in the "
+                "config adds the mean of K samples and the std's calibration).")
+    k = config.samples
+    return (f"Estimates: `sample 1 of {k}` rows are posterior samples, the first of the {k} drawn per image in "
+            f"one batch: the same kind of output as a run with one sample (though not the same draws), so "
+            f"comparable with it and with sample-based published rows. `mean of {k}` rows are posterior mean "
+            f"estimates, the per-pixel mean of the {k} samples (saved in 8 bits, as `ipsolve restore --estimate "
+            f"mean` saves mean.png): higher PSNR, blurrier. They have no FID / KID: FID asks whether a set of "
+            f"images looks like draws of the data, which a set of averages is not by construction, so a mean's "
+            f"FID is comparable neither with the samples' nor with the paper's FID. Calibration: a pixel is "
+            f"within c std when |mean − clean| ≤ c·std (8-bit mean and clean, std of the {k} samples in [0, 1] "
+            f"pixel units); a pixel of std 0 (all samples equal) counts as within only when its error is 0, and "
+            f"the last column gives the share of such pixels. The first row is what exact draws of a Gaussian "
+            f"posterior give at this K (Student's t with {k - 1} degrees of freedom: the std of {k} samples is "
+            f"itself uncertain, and the mean's error holds 1/{k} of a sample's variance besides the posterior's)."
+            f" Fewer pixels within than that: the std is too small (over-confident); more: too large.")
 
 
 def _cell(value: float, digits: int, nfe: int | None = None, budget: int | None = None) -> str:
@@ -161,7 +260,8 @@ def _cell(value: float, digits: int, nfe: int | None = None, budget: int | None 
 
 
 def plot_curves(path: Path, rows: list[dict], config) -> None:
-    """PSNR (and FID when computed) against NFE, one column per task, one line per method."""
+    """PSNR (and FID when computed) against NFE, one column per task, one line per method (its samples; with
+    K > 1 a dashed line of its mean estimates in the PSNR row)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -175,8 +275,12 @@ def plot_curves(path: Path, rows: list[dict], config) -> None:
         for line, (key, label) in enumerate(keys):
             axis = axes[line][column]
             for method in config.methods:
-                points = sorted((r["nfe"], r[key]) for r in rows if (r["task"], r["method"]) == (task.name, method.name))
-                axis.plot(*zip(*points), marker="o", label=method.name)
+                for estimate in ("sample", "mean") if key == "psnr" else ("sample",):
+                    points = sorted((r["nfe"], r[key]) for r in rows
+                                    if (r["task"], r["method"], r["estimate"]) == (task.name, method.name, estimate))
+                    if points:
+                        axis.plot(*zip(*points), marker="o", linestyle="-" if estimate == "sample" else "--",
+                                  label=method.name if estimate == "sample" else f"{method.name} (mean)")
             axis.set_title(task.name if line == 0 else "")
             axis.set_xlabel("NFE")
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -227,6 +331,8 @@ def metadata(config, images: list[Path], model_name: str, shape: tuple, workers,
                   "measurement noise first, then every solver draw"},
         "noise_units": {t.name: {"sigma_y_pixel": t.sigma_y_pixel, "sigma_y_model": t.sigma_y_model}
                         for t in config.tasks},
+        "samples": {"K": config.samples, "estimates": estimates_note(config),
+                    "exact_gaussian_coverage": metrics.exact_coverage(config.samples) if config.samples > 1 else None},
         "metrics": {"psnr": "per image on [0, 1], the 8-bit outputs and clean images as saved; mean over images",
                     "lpips": lpips, "fid": fid, "kid": fid and "clean-fid kernel_distance (polynomial kernel)",
                     "log_fid_auc": "trapezoid area under ln(FID) against exact NFE over the evaluated budgets"},
@@ -258,14 +364,18 @@ def write_report(config, layout, images: list[Path], model_name: str, shape: tup
         record["source"] = images[record["index"]].name
     rows = summarise(config, layout, records, workers.device)
     aucs = log_fid_aucs(rows)
-    write_csv(layout.root / "per_image.csv", records, PER_IMAGE_COLUMNS)
+    calibrated = calibration(config, records) if config.samples > 1 else []
+    write_csv(layout.root / "per_image.csv", per_image_rows(config, records), PER_IMAGE_COLUMNS)
     write_csv(layout.root / "results.csv", rows, RESULT_COLUMNS)
+    if calibrated:
+        write_csv(layout.root / "calibration.csv", calibrated, CALIBRATION_COLUMNS)
     with atomic_path(layout.root / "table.md") as tmp:
         Path(tmp).write_text(markdown_table(rows, aucs, config, model_name,
-                                            lpips_skipped_note(config, lpips_net, shape)))
+                                            lpips_skipped_note(config, lpips_net, shape), calibrated))
     plot_curves(layout.root / "curves.png", rows, config)
     report = dict(metadata(config, images, model_name, shape, workers, lpips_net), results=rows,
-                  log_fid_auc=aucs, images=len(images) - len(failed), **counts, **failures)
+                  calibration=calibrated, log_fid_auc=aucs, images=len(images) - len(failed), **counts,
+                  **failures)
     with atomic_path(layout.root / "results.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1, default=str, allow_nan=True))
     return report

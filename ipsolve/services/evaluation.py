@@ -18,15 +18,27 @@ Outputs in OUT (each file written atomically):
                                             evaluation recorded, and nothing else: see eval_plan)
     clean/00000.png                         the dataset image as evaluated (the FID reference set)
     TASK/METHOD/nfe010/00000.png, .json     the output after 10 NFEs and its record (PSNR, LPIPS, NFE and
-                                            `key`, the fingerprint of what produced it)
+                                            `key`, the fingerprint of what produced it); with `samples` K > 1
+                                            the output is sample 0 of the K and the record also holds
+                                            the mean's PSNR / LPIPS and its std coverage (`mean`)
+    TASK/METHOD/nfe010/00000_mean.png       with K > 1: the mean of the K samples, as `ipsolve restore
+                                            --samples K --estimate mean` saves it (mean.png)
     per_image.csv, results.csv, table.md, curves.png, results.json   (written by rank 0, see eval_report)
     failed.csv                              the images that could not be read, and why (only when some
                                             could not: they are left out of every table)
 
+Samples: with `samples: K` every method draws K posterior samples of each image in one batch (rows
+measurement-major, `solvers.estimates.repeat_for_samples`; nested runs `solvers.nested(samples=K)`): the
+measurement noise is drawn first, once per image, then the K rows of image i draw in turn from image i's
+generator. Sample 0 is evaluated as the output (one posterior sample, as with K = 1, though not the same
+draws); the mean of the K (model space, then clamped and saved in 8 bits) is scored against the clean
+image, and the std of the K (`solvers.estimates.estimate`, in [0, 1] pixel units) by the fraction of pixels
+whose mean error lies within 1, 2, 3 std (`metrics.std_coverage`).
+
 Resuming: a stored output is reused only when its record's key equals the key of the work asked for now:
-the task and method parameters (a mask file by its bytes), the budget, the model's weights, the bytes of
-the source image, the image's seed, the LPIPS network and the ipsolve version. Anything else is recomputed
-(and counted).
+the task and method parameters (a mask file by its bytes), the budget, K (above 1), the model's weights,
+the bytes of the source image, the image's seed, the LPIPS network and the ipsolve version. Anything else
+is recomputed (and counted).
 """
 from __future__ import annotations
 
@@ -40,6 +52,7 @@ import torch.nn.functional as F
 
 import solvers
 import ipsolve
+from solvers.estimates import estimate, repeat_for_samples, split_samples
 from ipsolve import distributed, metrics, provenance
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_config
 from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
@@ -78,11 +91,18 @@ def plan_runs(config: EvalConfig) -> list[Run]:
     return runs
 
 
-class OutputLayout:
-    """Paths inside the output folder."""
+def samples_part(samples: int) -> dict:
+    """What K adds to a fingerprint (a record's key, the folder's settings): {"samples": K} above 1, nothing
+    at K = 1, so what an ipsolve before `samples` stored (one draw each) keeps its key, and each K > 1 has its own."""
+    return {"samples": samples} if samples > 1 else {}
 
-    def __init__(self, root):
+
+class OutputLayout:
+    """Paths inside the output folder; `samples` K > 1 stores a mean image beside every output."""
+
+    def __init__(self, root, samples: int = 1):
         self.root = Path(root)
+        self.samples = samples
 
     @property
     def manifest(self) -> Path:
@@ -97,14 +117,18 @@ class OutputLayout:
     def output(self, task: str, method: str, budget: int, index: int) -> Path:
         return self.folder(task, method, budget) / f"{index:05d}.png"
 
+    def mean_output(self, task: str, method: str, budget: int, index: int) -> Path:
+        return self.folder(task, method, budget) / f"{index:05d}_mean.png"
+
     def record(self, task: str, method: str, budget: int, index: int) -> Path:
         return self.output(task, method, budget, index).with_suffix(".json")
 
     def stored_key(self, run: Run, budget: int, index: int) -> str | None:
-        """The key of the stored result, or None when its image or record is missing or unreadable."""
+        """The key of the stored result, or None when one of its images or its record is missing or unreadable."""
         names = (run.task.name, run.method.name, budget, index)
         record = self.record(*names)
-        if not (record.is_file() and self.output(*names).is_file()):
+        images = [self.output(*names), *([self.mean_output(*names)] if self.samples > 1 else [])]
+        if not (record.is_file() and all(image.is_file() for image in images)):
             return None
         try:
             return json.loads(record.read_text()).get("key")
@@ -152,17 +176,20 @@ def as_saved(x0: torch.Tensor) -> torch.Tensor:
     return (from_model(x0).clamp(0, 1).float() * 255).round() / 255
 
 
-def solve(model, run: Run, clean: torch.Tensor, op, generators, capture: tuple = ()) -> tuple[dict, dict]:
+def solve(model, run: Run, clean: torch.Tensor, op, generators, capture: tuple = (),
+          samples: int = 1) -> tuple[dict, dict]:
     """Measure `clean` ([0, 1] images) with `op` and run the solver: ({budget: (x0 in model space, NFE)},
-    {n: the plain solver's x̂₀ after n calls} for each n of `capture` (plain solvers only))."""
-    noise = distributed.per_image_noise(generators)
+    {n: the plain solver's x̂₀ after n calls} for each n of `capture` (plain solvers only)). With `samples`
+    K > 1 every x0 holds K draws of each image (B·K rows, measurement-major)."""
     sigma_y = run.task.sigma_y_model
     y = op.H(to_model(clean))
-    y = y + sigma_y * noise(tuple(y.shape)).to(y)
+    y = y + sigma_y * distributed.per_image_noise(generators)(tuple(y.shape)).to(y)  # one measurement an image
+    noise = distributed.per_image_noise(generators, samples)  # then the solver's draws, K rows an image
     method = run.method
     measured = {"y": y, "forward": op} if method.solver == "dps" else {"y": y, "op": op, "sigma_y": sigma_y}
     if not method.nested:
         (budget,) = run.budgets
+        measured["y"] = repeat_for_samples(y, samples)
         steps = solvers.ddrm_timesteps(budget, len(model.alphas_cumprod))
         seen = {}
 
@@ -176,7 +203,8 @@ def solve(model, run: Run, clean: torch.Tensor, op, generators, capture: tuple =
     outer, inner = run.split
     results = {}
     previews = solvers.nested(model, inner=method.solver, outer_steps=outer, inner_steps=inner,
-                              eta_outer=method.eta_outer, noise=noise, **measured, **method.options)
+                              eta_outer=method.eta_outer, noise=noise, samples=samples if samples > 1 else None,
+                              **measured, **method.options)
     for preview in previews:
         if preview.nfe in run.budgets:
             results[preview.nfe] = (preview.x0, preview.nfe)
@@ -232,7 +260,7 @@ class Evaluator:
             "task": dict(run.task.as_dict(), params=provenance.operator_key(run.task.params)),
             "method": method_parameters(run, captured_budgets(self.config, run)), "budget": budget,
             "data": self._data_keys[index], "seed": distributed.image_seed(self.config.seed, index),
-            "lpips": self.lpips_net})
+            "lpips": self.lpips_net, **samples_part(self.config.samples)})
 
     def run_all(self) -> None:
         indices = [i for i in self.workers.shard(len(self.images)) if self._save_clean(i)]
@@ -271,31 +299,57 @@ class Evaluator:
 
     def _run_batch(self, run: Run, op, batch: list[int], pending: list[int]) -> None:
         """Solve the whole fixed `batch` (so its numbers never depend on what was resumed); store `pending`."""
-        device = self.workers.device
+        device, samples = self.workers.device, self.config.samples
         clean = torch.stack([load_clean(self.images[i], self.shape) for i in batch]).to(device)
         generators = [distributed.image_generator(self.config.seed, i) for i in batch]
         with torch.no_grad():
-            results, trajectory = solve(self.model, run, clean, op, generators, captured_budgets(self.config, run))
-        final = as_saved(results[max(results)][0])
-        along = {b: distances(as_saved(x0), final, self.lpips_net) for b, x0 in trajectory.items()}
+            results, trajectory = solve(self.model, run, clean, op, generators, captured_budgets(self.config, run),
+                                        samples)
+        def first(x0):  # sample 0 of each image
+            return split_samples(x0, samples)[:, 0]
+
+        final = as_saved(first(results[max(results)][0]))
+        along = {b: distances(as_saved(first(x0)), final, self.lpips_net) for b, x0 in trajectory.items()}
         for budget, (x0, nfe) in results.items():
-            restored = as_saved(x0)
+            restored = as_saved(first(x0))
             psnrs = metrics.psnr(restored, clean).tolist()
-            lpipses = (metrics.lpips_distance(restored, clean, net=self.lpips_net).tolist()
-                       if self.lpips_net else [math.nan] * len(batch))
+            lpipses = self._lpips(restored, clean)
             to_final = distances(restored, final, self.lpips_net) if run.method.nested else None
+            means = self._mean_scores(x0, clean) if samples > 1 else None
             for row, index in enumerate(batch):
                 if index not in pending:
                     continue
                 names = (run.task.name, run.method.name, budget, index)
                 save_image(restored[row], self.layout.output(*names))
+                if means is not None:
+                    save_image(means["image"][row], self.layout.mean_output(*names))
                 write_json(self.layout.record(*names), {
                     "index": index, "source": self.images[index].name, "task": run.task.name,
                     "method": run.method.name, "budget": budget, "nfe": nfe, "split": run.split,
-                    "seed": distributed.image_seed(self.config.seed, index),
+                    "seed": distributed.image_seed(self.config.seed, index), "samples": samples,
                     "psnr": psnrs[row], "lpips": lpipses[row], "to_final": to_final and to_final[row],
-                    "x0_to_final": {str(b): along[b][row] for b in along}, "key": self.key(run, budget, index)})
+                    "x0_to_final": {str(b): along[b][row] for b in along}, "key": self.key(run, budget, index),
+                    **({"mean": {name: values[row] for name, values in means.items() if name != "image"}}
+                       if means is not None else {})})
         self.computed += len(pending)
+
+    def _lpips(self, images: torch.Tensor, clean: torch.Tensor) -> list:
+        if not self.lpips_net:
+            return [math.nan] * len(images)
+        return metrics.lpips_distance(images, clean, net=self.lpips_net).tolist()
+
+    def _mean_scores(self, x0: torch.Tensor, clean: torch.Tensor) -> dict:
+        """The mean of each image's K draws as saved (8 bits), its PSNR / LPIPS, and the fractions of pixels
+        whose error |mean − clean| lies within 1, 2, 3 std of the K draws ([0, 1] pixel units), and of
+        pixels whose draws all agree (std 0; they count as within only when their error is 0)."""
+        estimated = estimate(split_samples(x0, self.config.samples))
+        image = as_saved(estimated.mean)
+        std = (estimated.std / 2).float()  # model units [-1, 1] → pixel units [0, 1]
+        within = metrics.std_coverage(image, std, clean).tolist()
+        return {"image": image, "psnr": metrics.psnr(image, clean).tolist(), "lpips": self._lpips(image, clean),
+                **{f"within_{width}std": [row[i] for row in within]
+                   for i, width in enumerate(metrics.COVERAGE_WIDTHS)},
+                "zero_std": (std.flatten(1) == 0).double().mean(dim=1).tolist()}
 
 
 def lpips_network(config: EvalConfig, shape: tuple, device) -> str | None:
@@ -367,20 +421,21 @@ def unreadable(path: Path, shape: tuple) -> str:
 
 def evaluate(config: EvalConfig, data_dir, out_dir, model=None, model_name: str | None = None,
              limit: int | None = None, device: str | None = None, batch_size: int | None = None,
-             overwrite: bool = False, config_file: str | None = None) -> dict:
+             overwrite: bool = False, config_file: str | None = None, force: bool = False) -> dict:
     """Evaluate `config` on the images of `data_dir`, writing into `out_dir`; return what rank 0 reported.
 
     `model` (an ε-model) or `model_name` (for `load_model`, default the config's) picks the model.
     Every input is checked (`eval_plan.plan_evaluation`) before the folder is touched; a folder made
     with other settings is refused unless `overwrite`. In a torchrun job every rank calls this; rank 0
-    aggregates after a barrier, the others return {}.
+    aggregates after a barrier, the others return {}. `force` runs a batch the memory estimate refuses.
     """
-    plan = _planned(config, data_dir, out_dir, model, model_name, limit, device, batch_size, overwrite, config_file)
+    plan = _planned(config, data_dir, out_dir, model, model_name, limit, device, batch_size, overwrite, config_file,
+                    force)
     return run_eval_plan(plan)
 
 
 def plan_eval(config_name, data_dir, out_dir=None, *, model_name=None, limit=None, device=None, batch_size=None,
-              overwrite=False, fid=True):
+              overwrite=False, fid=True, force=False):
     """`ipsolve eval`'s checked plan (`eval_plan.EvalPlan`): the config by name or path (without FID / KID
     unless `fid`), into `out_dir` (default runs/eval-CONFIG). This process joins the torchrun group here;
     `run_eval_plan` leaves it."""
@@ -388,10 +443,12 @@ def plan_eval(config_name, data_dir, out_dir=None, *, model_name=None, limit=Non
     if not fid:
         config = replace(config, fid_mode=None)
     out = Path(out_dir or f"runs/eval-{Path(config_name).stem}")
-    return _planned(config, data_dir, out, None, model_name, limit, device, batch_size, overwrite, str(config_name))
+    return _planned(config, data_dir, out, None, model_name, limit, device, batch_size, overwrite, str(config_name),
+                    force)
 
 
-def _planned(config, data_dir, out_dir, model, model_name, limit, device, batch_size, overwrite, config_file):
+def _planned(config, data_dir, out_dir, model, model_name, limit, device, batch_size, overwrite, config_file,
+             force=False):
     from ipsolve.services.eval_plan import plan_evaluation
 
     if batch_size is not None:
@@ -401,7 +458,7 @@ def _planned(config, data_dir, out_dir, model, model_name, limit, device, batch_
     workers = distributed.start(device)
     try:
         return plan_evaluation(config, data_dir, out_dir, workers, model=model, limit=limit, overwrite=overwrite,
-                               config_file=config_file)
+                               config_file=config_file, force=force)
     except BaseException:
         distributed.stop(workers)
         raise

@@ -51,10 +51,11 @@ def plan_folder_restore(request, options: dict) -> FolderRestorePlan:
         model = load_model(request.model, device=workers.device)
         check_runs_on(model, request)
         if getattr(model, "image_shape", None):
-            check_fits(model, tuple(model.image_shape), request.batch_size, workers.device, force=request.force)
+            check_fits(model, tuple(model.image_shape), request.batch_size * request.samples, workers.device,
+                       force=request.force)
         settings = BatchSettings(request.outer, request.inner, request.budget, request.solver,
                                  options, request.vanilla, request.seed, request.model,
-                                 request.schedule)
+                                 request.schedule, request.samples, request.estimate)
         readings = read_measurements(files, lambda path: read_for(request, path, request.mask, model,
                                                                   workers.device), settings, model)
         if all(reading.error is not None for reading in readings):
@@ -125,7 +126,8 @@ def flags_of(settings: dict, model_name) -> dict:
     return {"--model": model_name, "--solver": settings.get("solver"), "--vanilla": bool(settings.get("vanilla")),
             "--outer": outer, "--inner": inner, "--budget": budget, "--schedule": settings.get("schedule") or "matched",
             **{f"--{name.replace('_', '-')}": options.get(name) for name in every_option},
-            "--seed": settings.get("seed")}
+            "--seed": settings.get("seed"), "--samples": settings.get("samples") or 1,  # older runs drew one
+            "--estimate": settings.get("estimate") or "sample"}
 
 
 def clear_earlier_run(out: Path, earlier) -> None:

@@ -163,8 +163,6 @@ def plan_measurement_folder(request: RestoreRequest):
 
     check_schedule(request.outer, request.inner, request.budget)
     check_samples_options(request)
-    if request.samples != 1:
-        raise ValueError("--samples is for one measurement file for now")
     if request.batch != 1:
         raise ValueError("--batch (samples per input) is for one measurement; with a folder use --batch-size")
     options = checked_solver_options(request)
