@@ -341,11 +341,21 @@ def report(args, results, tuning, seconds):
     lines = ["# ipsolve vs DeepInverse", "", f"Command: `{command.strip()}` ({seconds / 60:.0f} min)", "",
              f"Versions: ipsolve (this commit), deepinv {dinv.__version__}, torch {torch.__version__}, Python "
              f"{platform.python_version()}. Machine: {machine()}; torch on 1 thread, CPU time is process time.", "",
-             f"Model: `load_model(\"embedded\")`, the 1×32×32 MNIST DDPM; deepinv runs it through "
-             "`ipsolve.interop.deepinv.as_denoiser`, and the SVD operators through `to_deepinv`.", "",
-             f"Digits: test `mnist32(\"test\")[:{args.images}]`, validation the last {args.val_images} of "
-             f"`mnist32(\"test\")`. Network calls are counted by a hook on the network, not assumed. "
-             "PSNR on [0, 1] images, mean ± standard error over the test digits.", "",
+             "Model: `load_model(\"embedded\")`, the 1×32×32 MNIST DDPM, for both libraries in one process; deepinv "
+             "runs it through `ipsolve.interop.deepinv.as_denoiser` (exact at the model's timesteps) and the SVD "
+             "operators through `to_deepinv`.", "",
+             f"Digits: test `mnist32(\"test\")[:{args.images}]`; validation the last {args.val_images} of "
+             "`mnist32(\"test\")` (disjoint). Tasks: the operators of ipsolve's packaged tasks deno, sr4 and inp "
+             "(`ipsolve/configs/tasks`), with the embedded model's noise levels σ_y (model units, "
+             "`scripts/eval_embedded.py`; deepinv gets σ_y/2 and y on [0, 1] images); one noise draw per task, the "
+             "same for both libraries.", "",
+             "Calls: every forward pass of the network is counted by a hook on the network itself, whichever "
+             "library made it; the column shows the count, not the budget. Rows run one after another, the two "
+             "libraries alternating, so that the machine's load is shared. Tuned rows: the option with the best "
+             "mean validation PSNR per task and budget (grids below); a tuned row whose choice is the library's "
+             "default is that row's run.", "",
+             "PSNR on [0, 1] images: mean ± standard error over the test digits; paired differences are per "
+             "digit, mean ± standard error.", "",
              "## Every row", "", *rows_table(results), "",
              "## Paired differences", "", *pairs_table(results), "",
              "## Validation", "", *tuning_table(tuning), ""]

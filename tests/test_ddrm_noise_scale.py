@@ -8,7 +8,6 @@ an option: deepinv centres its initial draw on the unobserved coordinates at 0 i
 ipsolve (as the authors' code) at 0 in model units (gray); the test starts ipsolve from deepinv's start."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
