@@ -14,7 +14,14 @@ first --images), per task and budget, by mean PSNR; the test digits are then run
 the two libraries alternating so that the machine's noise is shared. CPU time: process time of each run,
 one thread.
 
-Usage: python scripts/bench_vs_deepinv.py [--images 64] [--val-images 8] [--budgets 20 100] [--quick]
+Rows (ROWS): each library's DDRM at its defaults; ipsolve's DDRM with `noise_scale=1/√2` (deepinv's draws) on its
+own grid and on deepinv's; deepinv's DDRM on ipsolve's grid; ipsolve's nested DDRM; ΠGDM and DPS of both, at
+defaults and tuned; deepinv's DiffPIR, tuned. PAIRS lists the per-digit differences reported. docs/vs_deepinv.md
+holds the last run and, below its READING_MARKER, the reading of each gap (kept across runs).
+
+Usage: python scripts/bench_vs_deepinv.py [--images 64] [--val-images 8] [--budgets 20 100] [--tasks ...]
+       [--quick] [--out docs/vs_deepinv.md]
+(64 digits take over an hour on 2 shared cores; --images 32 about 40 minutes; --quick a minute per task.)
 """
 from __future__ import annotations
 
