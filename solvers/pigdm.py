@@ -21,6 +21,10 @@ makes the guided x̂₀ overshoot y and few-step runs diverge. Each image's Δ i
 min(1, ⟨r, HΔ⟩ / ‖HΔ‖²) (r = y − H x̂₀): the step along Δ that brings H x̂₀ closest to y, never more than
 the full step. With an SVD, Hᵀ(r² H Hᵀ + σ_y² I)⁻¹ = V diag(s/(r² s² + σ_y²)) Uᵀ; an operator with only
 H and Ht gets (r² H Hᵀ + σ_y² I)⁻¹ by conjugate gradients.
+
+x̂₀ clamp (`clip_x0`, off by default; DeepInverse's `PiGDMDataFidelity(clip=(0, 1))`): x̂₀ clamped to [−1, 1]
+is the x̂₀ of the residual r = y − H x̂₀ and of the DDIM step (ε̂ recomputed from it,
+ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t)); Jᵀ stays the network's own, not through the clamp.
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def remedy(options) -> str | None:
 @divergence_checked(remedy)
 def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
           cond=None, cg_iterations: int = 100, weight: str = "code", safeguard: bool | None = None,
-          start: str = DEFAULT_START):
+          start: str = DEFAULT_START, clip_x0: bool = False):
     """Restore x₀ from y = H x₀ + σ_y n with ΠGDM on DDIM(η); return the guided x̂₀ at t = 0.
 
     `op` needs H and Ht (and input_shape when x_T is None); with the SVD protocol the inverse is in closed
@@ -62,9 +66,10 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
     that brings H x̂₀ closest to y; None: on for "paper" and "score", which diverge without it at 10–30
     calls, off for "code", which does not need it and is better without. x_T is the state at
     timesteps[0]; when None, `start` says where it comes from: "measurement" (the default: `pigdm_init`,
-    the released code's start) or "noise" (standard normal). Exactly len(timesteps) model calls, each
+    the released code's start) or "noise" (standard normal). clip_x0: clamp x̂₀ to [−1, 1] in the residual
+    and the step (module docstring; off: the released code, which never clamps). Exactly len(timesteps) model calls, each
     with one backward pass through the network (autograd is on only there); callback(info) after each
-    (x0: the unguided x̂₀).
+    (x0: the unguided x̂₀, clamped with clip_x0).
     """
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
@@ -82,10 +87,10 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
     for nfe, (t, t_next) in enumerate(with_next(steps), start=1):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            eps, _, a, x0 = denoise(model, x_in, t, cond, nfe, None)
-            residual = y - op.H(x0.detach())
-            (guidance,) = torch.autograd.grad(x0, x_in, (1 - a) * back_project(residual, 1 - a))  # Jᵀm
-        eps, x0 = eps.detach(), x0.detach()
+            eps, _, a, x0_net = denoise(model, x_in, t, cond, nfe, None)
+            eps, x0 = clamped_pair(x, x0_net.detach(), a) if clip_x0 else (eps.detach(), x0_net.detach())
+            residual = y - op.H(x0)
+            (guidance,) = torch.autograd.grad(x0_net, x_in, (1 - a) * back_project(residual, 1 - a))  # Jᵀm
         report(callback, nfe, t, x, x0)
         a_next = alpha_bar(model, t_next, x)
         correction = x0_weight(weight, a, a_next, eta) * guidance  # Δ
@@ -94,6 +99,12 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
             correction = correction * step.reshape(-1, *[1] * (correction.dim() - 1))
         x = ddim_step(x0 + correction, eps - (a / (1 - a)).sqrt() * correction, a, a_next, eta, draw)
     return x
+
+
+def clamped_pair(x, x0, a):
+    """(ε̂, x̂₀) with x̂₀ clamped to [−1, 1] and ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t) the noise that makes them one pair."""
+    x0 = x0.clamp(-1, 1)
+    return (x - a.sqrt() * x0) / (1 - a).sqrt(), x0
 
 
 def check_choice(name: str, value: str, choices) -> None:

@@ -1,0 +1,84 @@
+"""pigdm(weight="score", safeguard=False, clip_x0=…) is DeepInverse 0.5.0's ΠGDM draw for draw.
+
+deepinv's ΠGDM (`PiGDMDataFidelity` in `PosteriorDiffusion` on its VP SDE, `DDIMSolver(eta)`) adds
+λ Jᵀ Hᵀ(r² H Hᵀ + σ_y² I)⁻¹(y − H x̂₀) to the model's score (weight λ = 1: ipsolve's weight "score"), with
+x̂₀ clamped to [0, 1] when clip=(0, 1): in the residual and, through the score it returns, in the DDIM step;
+the Jacobian is the denoiser's own. What differs besides: (1) deepinv's r² is σ²/(1 + σ²) of its [0, 1]
+units, 4(1 − ᾱ)/(1 + 3ᾱ) in model units, where ipsolve's is 1 − ᾱ (the same as σ → 0, 4× at ᾱ → 0); the
+test hands deepinv's `solve_inverse` ipsolve's r² (one scalar, `IpsolvesCovariance`) and checks that its own
+is another trajectory; (2) its grid is its SDE's times linspace(1, 0, n + 1): the exact Gaussian prior here
+is given those ᾱ as its schedule, so both run the same ᾱ; (3) its start is √(1 − ᾱ_T) z, given to ipsolve as
+x_T; (4) it calls the denoiser in float32 (ipsolve's solver runs in float64 here)."""
+import pytest
+import torch
+
+import degradations
+import solvers
+from _toy_ops import random_gaussian_prior
+
+dinv = pytest.importorskip("deepinv")
+from ipsolve.interop.deepinv import as_denoiser, to_deepinv  # noqa: E402  (needs deepinv)
+
+SIGMA_Y = 0.1  # model units
+STEPS = 10
+SEED = 11
+
+
+class IpsolvesCovariance(dinv.sampling.PiGDMDataFidelity):
+    """deepinv's ΠGDM with ipsolve's r² = 1 − ᾱ: from deepinv's r² = σ²/(1 + σ²) ([0, 1] units, σ = ½ √((1−ᾱ)/ᾱ)),
+    (1 − ᾱ)/4 = σ²/(1 + 4σ²) in the same units."""
+
+    def solve_inverse(self, physics, u, r_t2, sigma_y):
+        s2 = r_t2 / (1 - r_t2)
+        return super().solve_inverse(physics, u, s2 / (1 + 4 * s2), sigma_y)
+
+
+def deepinvs_pigdm(model, y_pixel, physics, times, fidelity):
+    """deepinv's ΠGDM on DDIM(η = 1) over `times`, as scripts/bench_vs_deepinv.py runs it."""
+    solver = dinv.sampling.DDIMSolver(timesteps=times, eta=1.0, rng=torch.Generator())
+    sampler = dinv.sampling.PosteriorDiffusion(data_fidelity=fidelity, denoiser=as_denoiser(model),
+                                               sde=dinv.sampling.VariancePreservingDiffusion(), solver=solver)
+    return sampler(y_pixel, physics, seed=SEED)
+
+
+def replayed(draws):
+    """noise(shape) giving deepinv's per-step draws in order."""
+    queue = list(draws)
+
+    def noise(shape):
+        z = queue.pop(0)
+        assert tuple(z.shape) == tuple(shape), (z.shape, shape)
+        return z
+    return noise
+
+
+@pytest.mark.parametrize("task", ["deno", "inp"])
+def test_clip_x0_is_deepinvs_clamped_pigdm_draw_for_draw(task):
+    times = torch.linspace(1, 0, STEPS + 1, dtype=torch.float64)
+    a = dinv.sampling.VariancePreservingDiffusion().scale_t(times[:-1]) ** 2  # ᾱ of the evaluated times
+    generator = torch.Generator().manual_seed(7)
+    model = random_gaussian_prior((1, 8, 8), generator, alphas_cumprod=a.flip(0))  # timestep k: times[-2 - k]
+    clean = 2 * model.sample(3, generator=generator)  # twice the prior's spread: x̂₀ leaves [−1, 1]
+    op = degradations.make(task, channels=1, image_size=(8, 8), seed=2)
+    y = op.H(clean) + SIGMA_Y * torch.randn(op.H(clean).shape, generator=generator, dtype=torch.float64)
+    physics = to_deepinv(op, sigma_y=SIGMA_Y, dtype=torch.float64)
+    y_pixel = (y + op.H(torch.ones_like(clean))) / 2
+    draws_from = torch.Generator().manual_seed(SEED)  # deepinv's: x_init's, then one per noisy step
+    draws = [torch.randn(clean.shape, generator=draws_from, dtype=torch.float64) for _ in range(STEPS)]
+    grid = list(range(STEPS - 1, -1, -1))
+
+    def ours(clip_x0):
+        return (solvers.pigdm(model, y, op, SIGMA_Y, grid, eta=1.0, x_T=(1 - a[0]).sqrt() * draws[0],
+                              noise=replayed(draws[1:]), weight="score", safeguard=False, clip_x0=clip_x0) + 1) / 2
+
+    clipped = ours(True)
+    theirs = deepinvs_pigdm(model, y_pixel, physics, times, IpsolvesCovariance(clip=(0, 1)))
+    torch.testing.assert_close(clipped, theirs, rtol=0, atol=1e-6)
+    # off, it is deepinv's ΠGDM without clip; the clamp mattered
+    unclipped = ours(False)
+    torch.testing.assert_close(unclipped, deepinvs_pigdm(model, y_pixel, physics, times, IpsolvesCovariance()),
+                               rtol=0, atol=1e-6)
+    assert (clipped - unclipped).abs().max() > 1e-2
+    # deepinv's own r² is another trajectory
+    own = deepinvs_pigdm(model, y_pixel, physics, times, dinv.sampling.PiGDMDataFidelity(clip=(0, 1)))
+    assert (own - theirs).abs().max() > 1e-2
