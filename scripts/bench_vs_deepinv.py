@@ -16,11 +16,12 @@ one thread.
 
 Rows (ROWS): each library's DDRM at its defaults; ipsolve's DDRM with `noise_scale=1/√2` (deepinv's draws) on its
 own grid and on deepinv's; deepinv's DDRM on ipsolve's grid; ipsolve's nested DDRM; ΠGDM and DPS of both, at
-defaults and tuned; deepinv's DiffPIR, tuned. PAIRS lists the per-digit differences reported. docs/vs_deepinv.md
-holds the last run and, below its READING_MARKER, the reading of each gap (kept across runs).
+defaults and tuned; ipsolve's ΠGDM with x̂₀ clamped (`clip_x0`, deepinv's clip), tuned; deepinv's DiffPIR, tuned.
+--methods runs only some of them. PAIRS lists the per-digit differences reported. docs/vs_deepinv.md holds the
+last run and, below its READING_MARKER, the reading of each gap (kept across runs).
 
 Usage: python scripts/bench_vs_deepinv.py [--images 64] [--val-images 8] [--budgets 20 100] [--tasks ...]
-       [--quick] [--out docs/vs_deepinv.md]
+       [--methods NAME ...] [--quick] [--out docs/vs_deepinv.md]
 (64 digits take over an hour on 2 shared cores; --images 32 about 40 minutes; --quick a minute per task.)
 """
 from __future__ import annotations
@@ -198,6 +199,9 @@ ROWS = [
     Row("ΠGDM", "ipsolve", ipsolve_pigdm),
     Row("ΠGDM tuned", "ipsolve", ipsolve_pigdm, grid=[{"weight": w} for w in solvers.PIGDM_WEIGHTS],
         default=("ΠGDM", lambda task: {"weight": "code"})),
+    Row("ΠGDM clip_x0 tuned", "ipsolve", ipsolve_pigdm,  # x̂₀ clamped as deepinv's clip; safeguard off: its step
+        grid=[{"clip_x0": True, "weight": "code"}, {"clip_x0": True, "weight": "score"},
+              {"clip_x0": True, "weight": "score", "safeguard": False}]),
     Row("DPS tuned", "deepinv", deepinv_dps, grid=[{"weight": w} for w in (30.0, 100.0, 300.0, 1000.0)]),
     Row("DPS", "ipsolve", ipsolve_dps),
     Row("DPS tuned", "ipsolve", ipsolve_dps, grid=[{"step_size": z} for z in (0.1, 0.2, 0.4, 0.8)],
@@ -210,6 +214,7 @@ PAIRS = [(("DDRM", "ipsolve"), ("DDRM", "deepinv")),
          ((f"nested DDRM {NESTED_OUTER}×", "ipsolve"), ("DDRM", "deepinv")),
          (("ΠGDM", "ipsolve"), ("ΠGDM tuned", "deepinv")),
          (("ΠGDM tuned", "ipsolve"), ("ΠGDM tuned", "deepinv")),
+         (("ΠGDM clip_x0 tuned", "ipsolve"), ("ΠGDM tuned", "deepinv")),
          (("DPS", "ipsolve"), ("DPS tuned", "deepinv")),
          (("DPS tuned", "ipsolve"), ("DPS tuned", "deepinv")),
          (("DDRM", "ipsolve"), ("DiffPIR tuned", "deepinv"))]
@@ -268,11 +273,12 @@ def bench(args, network, test, validation):
         test_problem, val_problem = problem(network, task, test), problem(network, task, validation)
         for n in args.budgets:
             start, rows = time.time(), {}
-            for row in ROWS:
+            for row in [row for row in ROWS if not args.methods or row.name in args.methods]:
                 params = {}
                 if row.grid:
                     params, tuning[task, n, row.name, row.library] = tune(row, val_problem, n)
-                if row.default and params == row.default[1](task):  # the default row's run, not repeated
+                default_run = row.default and (row.default[0], row.library) in rows
+                if default_run and params == row.default[1](task):  # the default row's run, not repeated
                     rows[row.name, row.library] = rows[row.default[0], row.library][0], params
                 else:
                     rows[row.name, row.library] = run_row(row, test_problem, n, params), params
@@ -315,7 +321,7 @@ def pairs_table(results):
     lines = ["| task | calls | ipsolve | deepinv | ipsolve − deepinv (dB) | CPU deepinv ÷ ipsolve |",
              "|---|---:|---|---|---:|---:|"]
     for (task, n), rows in results.items():
-        for ours, theirs in PAIRS:
+        for ours, theirs in [pair for pair in PAIRS if all(row in rows for row in pair)]:
             a, b = rows[ours][0], rows[theirs][0]
             difference = a.psnr - b.psnr
             text = "NaN" if difference.isnan().all() else fmt(*mean_error(difference))
@@ -375,6 +381,8 @@ def main():
     parser.add_argument("--val-images", type=int, default=8, help="validation digits: the last N of mnist32('test')")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="network calls per run")
     parser.add_argument("--tasks", nargs="+", default=list(SIGMA_Y), choices=list(SIGMA_Y))
+    parser.add_argument("--methods", nargs="+", choices=sorted({row.name for row in ROWS}), metavar="METHOD",
+                        help="run only the rows of these methods (e.g. 'ΠGDM' 'ΠGDM tuned'); default: every row")
     parser.add_argument("--quick", action="store_true", help="8 test digits, 4 validation digits, 20 calls")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "vs_deepinv.md")
     args = parser.parse_args()

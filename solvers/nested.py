@@ -39,7 +39,8 @@ from .timesteps import (ddrm_timesteps, dpm_inner_timesteps, inner_step_counts, 
 INNER_SAMPLERS = {"ddrm": ddrm, "ddnm": ddnm, "pigdm": pigdm, "dps": dps, "ddim": ddim, "ddpm": ddpm,
                   "dpm_solver": dpm_solver}
 INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddnm": {"y", "op", "sigma_y", "eta"},
-                 "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations", "weight", "safeguard", "start"},
+                 "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations", "weight", "safeguard", "start",
+                           "clip_x0"},
                  "dps": {"y", "forward", "step_size", "clip_x0", "step_schedule"},
                  "ddim": {"eta"}, "ddpm": {"variance"},
                  "dpm_solver": {"order", "variant"}}
@@ -80,7 +81,7 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
-    (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start), "dps" (y, forward; step_size, clip_x0,
+    (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start, clip_x0), "dps" (y, forward; step_size, clip_x0,
     step_schedule), "ddim" (eta), "ddpm" (variance) or "dpm_solver" (order, variant) — those options go in
     **inner_kwargs. ddrm and ddnm need an operator with an SVD; pigdm takes any linear operator with H and
     Ht, dps any differentiable forward.

@@ -67,9 +67,9 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
     calls, off for "code", which does not need it and is better without. x_T is the state at
     timesteps[0]; when None, `start` says where it comes from: "measurement" (the default: `pigdm_init`,
     the released code's start) or "noise" (standard normal). clip_x0: clamp x̂₀ to [−1, 1] in the residual
-    and the step (module docstring; off: the released code, which never clamps). Exactly len(timesteps) model calls, each
-    with one backward pass through the network (autograd is on only there); callback(info) after each
-    (x0: the unguided x̂₀, clamped with clip_x0).
+    and the step (module docstring; off: the released code, which never clamps). Exactly len(timesteps)
+    model calls, each with one backward pass through the network (autograd is on only there);
+    callback(info) after each (x0: the unguided x̂₀, clamped with clip_x0).
     """
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")

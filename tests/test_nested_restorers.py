@@ -33,16 +33,17 @@ def test_one_outer_step_is_the_plain_solver(inner):
     assert torch.equal(preview.x0, expected) and preview.nfe == 8
 
 
-@pytest.mark.parametrize("safeguard", [True, False])
-def test_one_outer_step_is_plain_pigdm_with_or_without_its_safeguard(safeguard):
-    """A prior of variance 20 along every direction, where the safeguard changes ΠGDM's steps."""
+@pytest.mark.parametrize("option, value", [("safeguard", True), ("safeguard", False), ("clip_x0", True)])
+def test_one_outer_step_is_plain_pigdm_with_its_safeguard_or_clamp(option, value):
+    """A prior of variance 20 along every direction, where the safeguard changes ΠGDM's steps and x̂₀ leaves
+    [−1, 1] (clip_x0)."""
     prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
     prior = type(prior)(prior.means[0], 20 * torch.eye(16, dtype=torch.float64), prior.alphas_cumprod)
-    run = solvers.nested(prior, "pigdm", outer_steps=1, inner_steps=6, generator=generator(1), safeguard=safeguard,
+    run = solvers.nested(prior, "pigdm", outer_steps=1, inner_steps=6, generator=generator(1), **{option: value},
                          **options("pigdm", op, y, 0.1))
     (preview,) = list(run)
-    expected = plain("pigdm", prior, op, y, 0.1, run.inner_timesteps[0], generator=generator(1), safeguard=safeguard)
-    other = plain("pigdm", prior, op, y, 0.1, run.inner_timesteps[0], generator=generator(1), safeguard=not safeguard)
+    expected = plain("pigdm", prior, op, y, 0.1, run.inner_timesteps[0], generator=generator(1), **{option: value})
+    other = plain("pigdm", prior, op, y, 0.1, run.inner_timesteps[0], generator=generator(1), **{option: not value})
     assert torch.equal(preview.x0, expected) and not torch.allclose(preview.x0, other)
 
 
