@@ -102,7 +102,7 @@ def restore_widgets(page, studio, workers):
         mean = gr.Image(label="posterior mean", type="filepath", interactive=False, height=256,
                         elem_classes=["pixelated", "answer"], elem_id="restore-mean")
         std = gr.Image(label="uncertainty: per-pixel std of the samples", type="filepath", interactive=False,
-                       height=256, elem_id="restore-std")
+                       height=256, elem_classes=["answer"], elem_id="restore-std")
     strip = gr.Gallery(label="anytime previews", columns=8, height="auto", elem_classes="pixelated",
                        elem_id="restore-strip", allow_preview=False)
     with gr.Row():
