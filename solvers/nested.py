@@ -83,8 +83,8 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
     (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start, clip_x0, r2, guidance_scale), "dps" (y,
     forward; step_size, clip_x0, step_schedule), "ddim" (eta), "ddpm" (variance) or "dpm_solver" (order,
-    variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator with an SVD; pigdm takes any linear operator with H and
-    Ht, dps any differentiable forward.
+    variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator with an SVD; pigdm takes any
+    linear operator with H and Ht, dps any differentiable forward.
     outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the schedule's).
     inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule
     ("uniform", "front", "back") shares the S·I calls out over the outer steps (`inner_step_counts`).
