@@ -80,9 +80,9 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
     timesteps[0]; when None, `start` says where it comes from: "measurement" (the default: `pigdm_init`,
     the released code's start) or "noise" (standard normal). clip_x0: clamp x̂₀ to [−1, 1] in the residual
     and the step (module docstring; off: the released code, which never clamps). r2: the covariance r_t²,
-"paper" (1 − ᾱ_t) or "deepinv" (4(1−ᾱ_t)/(1+3ᾱ_t), DeepInverse's; weight "score" only); guidance_scale:
-λ > 0 multiplying the guidance (DeepInverse's `weight`). Exactly len(timesteps)
-    model calls, each with one backward pass through the network (autograd is on only there);
+    "paper" (1 − ᾱ_t) or "deepinv" (4(1−ᾱ_t)/(1+3ᾱ_t), DeepInverse's; weight "score" only); guidance_scale:
+    λ > 0 multiplying the guidance (DeepInverse's `weight`). Exactly len(timesteps) model calls, each with one
+    backward pass through the network (autograd is on only there);
     callback(info) after each (x0: the unguided x̂₀, clamped with clip_x0).
     """
     if eta < 0:
