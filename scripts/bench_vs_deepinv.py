@@ -16,7 +16,8 @@ one thread.
 
 Rows (ROWS): each library's DDRM at its defaults; ipsolve's DDRM with `noise_scale=1/√2` (deepinv's draws) on its
 own grid and on deepinv's; deepinv's DDRM on ipsolve's grid; ipsolve's nested DDRM; ΠGDM and DPS of both, at
-defaults and tuned; ipsolve's ΠGDM with x̂₀ clamped (`clip_x0`, deepinv's clip), tuned; deepinv's DiffPIR, tuned.
+defaults and tuned; ipsolve's ΠGDM with x̂₀ clamped (`clip_x0`, deepinv's clip), tuned; ipsolve's ΠGDM with
+deepinv's step (clamp, r², weight λ: `r2="deepinv"`, `guidance_scale`), λ tuned; deepinv's DiffPIR, tuned.
 --methods runs only some of them. PAIRS lists the per-digit differences reported. docs/vs_deepinv.md holds the
 last run and, below its READING_MARKER, the reading of each gap (kept across runs).
 
@@ -202,6 +203,9 @@ ROWS = [
     Row("ΠGDM clip_x0 tuned", "ipsolve", ipsolve_pigdm,  # x̂₀ clamped as deepinv's clip; safeguard off: its step
         grid=[{"clip_x0": True, "weight": "code"}, {"clip_x0": True, "weight": "score"},
               {"clip_x0": True, "weight": "score", "safeguard": False}]),
+    Row("ΠGDM deepinv r² tuned", "ipsolve", ipsolve_pigdm,  # deepinv's ΠGDM step (clamp, r², λ), tuned as its
+        grid=[{"clip_x0": True, "weight": "score", "safeguard": False, "r2": "deepinv", "guidance_scale": scale}
+              for scale in (1.0, 2.0, 4.0)]),
     Row("DPS tuned", "deepinv", deepinv_dps, grid=[{"weight": w} for w in (30.0, 100.0, 300.0, 1000.0)]),
     Row("DPS", "ipsolve", ipsolve_dps),
     Row("DPS tuned", "ipsolve", ipsolve_dps, grid=[{"step_size": z} for z in (0.1, 0.2, 0.4, 0.8)],
@@ -215,6 +219,7 @@ PAIRS = [(("DDRM", "ipsolve"), ("DDRM", "deepinv")),
          (("ΠGDM", "ipsolve"), ("ΠGDM tuned", "deepinv")),
          (("ΠGDM tuned", "ipsolve"), ("ΠGDM tuned", "deepinv")),
          (("ΠGDM clip_x0 tuned", "ipsolve"), ("ΠGDM tuned", "deepinv")),
+         (("ΠGDM deepinv r² tuned", "ipsolve"), ("ΠGDM tuned", "deepinv")),
          (("DPS", "ipsolve"), ("DPS tuned", "deepinv")),
          (("DPS tuned", "ipsolve"), ("DPS tuned", "deepinv")),
          (("DDRM", "ipsolve"), ("DiffPIR tuned", "deepinv"))]

@@ -40,7 +40,7 @@ INNER_SAMPLERS = {"ddrm": ddrm, "ddnm": ddnm, "pigdm": pigdm, "dps": dps, "ddim"
                   "dpm_solver": dpm_solver}
 INNER_OPTIONS = {"ddrm": {"y", "op", "sigma_y", "eta", "eta_b"}, "ddnm": {"y", "op", "sigma_y", "eta"},
                  "pigdm": {"y", "op", "sigma_y", "eta", "cg_iterations", "weight", "safeguard", "start",
-                           "clip_x0"},
+                           "clip_x0", "r2", "guidance_scale"},
                  "dps": {"y", "forward", "step_size", "clip_x0", "step_schedule"},
                  "ddim": {"eta"}, "ddpm": {"variance"},
                  "dpm_solver": {"order", "variant"}}
@@ -81,10 +81,10 @@ def nested(model, inner: str = "ddrm", outer_steps: int | None = None, inner_ste
     """Nested Diffusion as an iterator of `Preview`s, one per outer step; see `NestedRun`.
 
     inner: "ddrm" (needs y, op, sigma_y; optional eta, eta_b), "ddnm" (y, op, sigma_y; eta), "pigdm"
-    (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start, clip_x0), "dps" (y, forward; step_size, clip_x0,
-    step_schedule), "ddim" (eta), "ddpm" (variance) or "dpm_solver" (order, variant) — those options go in
-    **inner_kwargs. ddrm and ddnm need an operator with an SVD; pigdm takes any linear operator with H and
-    Ht, dps any differentiable forward.
+    (y, op, sigma_y; eta, cg_iterations, weight, safeguard, start, clip_x0, r2, guidance_scale), "dps" (y,
+    forward; step_size, clip_x0, step_schedule), "ddim" (eta), "ddpm" (variance) or "dpm_solver" (order,
+    variant) — those options go in **inner_kwargs. ddrm and ddnm need an operator with an SVD; pigdm takes any
+    linear operator with H and Ht, dps any differentiable forward.
     outer_steps: S; or outer_timesteps: the descending outer grid itself (overrides the schedule's).
     inner_steps: calls per inner run, one int or a list of S ints; with one int I, inner_schedule
     ("uniform", "front", "back") shares the S·I calls out over the outer steps (`inner_step_counts`).

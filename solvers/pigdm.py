@@ -25,6 +25,16 @@ H and Ht gets (r² H Hᵀ + σ_y² I)⁻¹ by conjugate gradients.
 x̂₀ clamp (`clip_x0`, off by default; DeepInverse's `PiGDMDataFidelity(clip=(0, 1))`): x̂₀ clamped to [−1, 1]
 is the x̂₀ of the residual r = y − H x̂₀ and of the DDIM step (ε̂ recomputed from it,
 ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t)); Jᵀ stays the network's own, not through the clamp.
+
+DeepInverse's covariance (`r2`, "paper" by default): r_t² is the posterior variance σ²/(1+σ²) of a
+unit-variance prior at the VE noise level σ² = (1−ᾱ_t)/ᾱ_t, which is 1 − ᾱ_t in model units ("paper").
+DeepInverse 0.5.0 evaluates the same formula in its [0, 1] image units (σ halved): in model units that is
+r_t² = 4(1−ᾱ_t)/(1+3ᾱ_t) ("deepinv"; a prior of variance 4, 1 in [0, 1] units), up to 4× at ᾱ_t → 0.
+Only the weight "score" takes it: there the likelihood score Jᵀ Hᵀ(r_t² H Hᵀ + σ_y² I)⁻¹ r is added to the
+model's score, so r_t² enters only through the inverse (m = (1−ᾱ_t) Hᵀ(r_t² H Hᵀ + σ_y² I)⁻¹ r, the 1−ᾱ_t
+being the score-to-x̂₀ factor of w_t); "code" and "paper" are steps built on r_t² = 1 − ᾱ_t and are not
+changed. Guidance scale (`guidance_scale`, 1 by default): λ multiplies w_t Jᵀm, DeepInverse's `weight`
+(the RED-diff code's grad_term_weight), before the safeguard.
 """
 from __future__ import annotations
 
@@ -42,6 +52,7 @@ STARTS = ("noise", "measurement")
 DEFAULT_START = "measurement"
 # safeguard=None: on for the weights that diverge without it at 10–30 calls (docs/solvers_benchmark.md)
 SAFEGUARD_BY_WEIGHT = {"code": False, "paper": True, "score": True}
+COVARIANCES = ("paper", "deepinv")
 
 
 def remedy(options) -> str | None:
@@ -57,7 +68,8 @@ def remedy(options) -> str | None:
 @divergence_checked(remedy)
 def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=None, generator=None, callback=None,
           cond=None, cg_iterations: int = 100, weight: str = "code", safeguard: bool | None = None,
-          start: str = DEFAULT_START, clip_x0: bool = False):
+          start: str = DEFAULT_START, clip_x0: bool = False, r2: str = "paper",
+          guidance_scale: float = 1.0):
     """Restore x₀ from y = H x₀ + σ_y n with ΠGDM on DDIM(η); return the guided x̂₀ at t = 0.
 
     `op` needs H and Ht (and input_shape when x_T is None); with the SVD protocol the inverse is in closed
@@ -67,8 +79,10 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
     calls, off for "code", which does not need it and is better without. x_T is the state at
     timesteps[0]; when None, `start` says where it comes from: "measurement" (the default: `pigdm_init`,
     the released code's start) or "noise" (standard normal). clip_x0: clamp x̂₀ to [−1, 1] in the residual
-    and the step (module docstring; off: the released code, which never clamps). Exactly len(timesteps)
-    model calls, each with one backward pass through the network (autograd is on only there);
+    and the step (module docstring; off: the released code, which never clamps). r2: the covariance r_t²,
+    "paper" (1 − ᾱ_t) or "deepinv" (4(1−ᾱ_t)/(1+3ᾱ_t), DeepInverse's; weight "score" only); guidance_scale:
+    λ > 0 multiplying the guidance (DeepInverse's `weight`). Exactly len(timesteps) model calls, each with one
+    backward pass through the network (autograd is on only there);
     callback(info) after each (x0: the unguided x̂₀, clamped with clip_x0).
     """
     if eta < 0:
@@ -77,6 +91,11 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
         raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
     check_choice("weight", weight, WEIGHTS)
     check_choice("start", start, STARTS)
+    check_choice("r2", r2, COVARIANCES)
+    if r2 == "deepinv" and weight != "score":
+        raise ValueError(f'r2="deepinv" needs weight="score" (DeepInverse adds the likelihood score), got {weight!r}')
+    if not (math.isfinite(guidance_scale) and guidance_scale > 0):
+        raise ValueError(f"guidance_scale must be a finite number > 0, got {guidance_scale}")
     safeguard = SAFEGUARD_BY_WEIGHT[weight] if safeguard is None else safeguard
     steps = check_timesteps(timesteps, model)
     draw = noise_drawer(noise, generator)
@@ -90,10 +109,11 @@ def pigdm(model, y, op, sigma_y, timesteps, eta: float = 1.0, x_T=None, noise=No
             eps, _, a, x0_net = denoise(model, x_in, t, cond, nfe, None)
             eps, x0 = clamped_pair(x, x0_net.detach(), a) if clip_x0 else (eps.detach(), x0_net.detach())
             residual = y - op.H(x0)
-            (guidance,) = torch.autograd.grad(x0_net, x_in, (1 - a) * back_project(residual, 1 - a))  # Jᵀm
+            m = (1 - a) * back_project(residual, covariance(r2, a))
+            (guidance,) = torch.autograd.grad(x0_net, x_in, m)  # Jᵀm
         report(callback, nfe, t, x, x0)
         a_next = alpha_bar(model, t_next, x)
-        correction = x0_weight(weight, a, a_next, eta) * guidance  # Δ
+        correction = guidance_scale * x0_weight(weight, a, a_next, eta) * guidance  # Δ
         if safeguard:
             step = residual_step(residual, op.H(correction))
             correction = correction * step.reshape(-1, *[1] * (correction.dim() - 1))
@@ -105,6 +125,11 @@ def clamped_pair(x, x0, a):
     """(ε̂, x̂₀) with x̂₀ clamped to [−1, 1] and ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t) the noise that makes them one pair."""
     x0 = x0.clamp(-1, 1)
     return (x - a.sqrt() * x0) / (1 - a).sqrt(), x0
+
+
+def covariance(r2: str, a):
+    """r_t² at ᾱ_t = a: "paper" 1 − ᾱ_t; "deepinv" σ²/(1+σ²) in [0, 1] units, 4(1−ᾱ_t)/(1+3ᾱ_t) in model units."""
+    return 1 - a if r2 == "paper" else 4 * (1 - a) / (1 + 3 * a)
 
 
 def check_choice(name: str, value: str, choices) -> None:

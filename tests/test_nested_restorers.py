@@ -47,6 +47,20 @@ def test_one_outer_step_is_plain_pigdm_with_its_safeguard_or_clamp(option, value
     assert torch.equal(preview.x0, expected) and not torch.allclose(preview.x0, other)
 
 
+@pytest.mark.parametrize("chosen, others", [({"r2": "deepinv"}, {"r2": "paper"}),
+                                            ({"guidance_scale": 2.0}, {"guidance_scale": 1.0})])
+def test_one_outer_step_is_plain_pigdm_with_its_covariance_or_guidance_scale(chosen, others):
+    """Nested ΠGDM (weight "score") passes r2 and guidance_scale to its inner runs; the other value differs."""
+    prior, op, y = gaussian_problem("sr2", 0.1, batch=2)
+    run = solvers.nested(prior, "pigdm", outer_steps=1, inner_steps=6, generator=generator(1), weight="score",
+                         **chosen, **options("pigdm", op, y, 0.1))
+    (preview,) = list(run)
+    grid = run.inner_timesteps[0]
+    expected = plain("pigdm", prior, op, y, 0.1, grid, generator=generator(1), weight="score", **chosen)
+    other = plain("pigdm", prior, op, y, 0.1, grid, generator=generator(1), weight="score", **others)
+    assert torch.equal(preview.x0, expected) and not torch.allclose(preview.x0, other)
+
+
 @pytest.mark.parametrize("weight, start", [("code", "measurement"), ("paper", "noise"), ("score", "measurement")])
 def test_one_outer_step_is_plain_pigdm_with_its_weight_and_start(weight, start):
     """Nested ΠGDM passes its weight to the inner runs and starts where plain ΠGDM does; another weight or

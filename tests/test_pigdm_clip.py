@@ -1,14 +1,16 @@
-"""pigdm(weight="score", safeguard=False, clip_x0=…) is DeepInverse 0.5.0's ΠGDM draw for draw.
+"""pigdm(weight="score", safeguard=False, clip_x0=…, r2=…, guidance_scale=…) is DeepInverse 0.5.0's ΠGDM draw
+for draw.
 
 deepinv's ΠGDM (`PiGDMDataFidelity` in `PosteriorDiffusion` on its VP SDE, `DDIMSolver(eta)`) adds
-λ Jᵀ Hᵀ(r² H Hᵀ + σ_y² I)⁻¹(y − H x̂₀) to the model's score (weight λ = 1: ipsolve's weight "score"), with
-x̂₀ clamped to [0, 1] when clip=(0, 1): in the residual and, through the score it returns, in the DDIM step;
-the Jacobian is the denoiser's own. What differs besides: (1) deepinv's r² is σ²/(1 + σ²) of its [0, 1]
-units, 4(1 − ᾱ)/(1 + 3ᾱ) in model units, where ipsolve's is 1 − ᾱ (the same as σ → 0, 4× at ᾱ → 0); the
-test hands deepinv's `solve_inverse` ipsolve's r² (one scalar, `IpsolvesCovariance`) and checks that its own
-is another trajectory; (2) its grid is its SDE's times linspace(1, 0, n + 1): the exact Gaussian prior here
-is given those ᾱ as its schedule, so both run the same ᾱ; (3) its start is √(1 − ᾱ_T) z, given to ipsolve as
-x_T; (4) it calls the denoiser in float32 (ipsolve's solver runs in float64 here)."""
+λ Jᵀ Hᵀ(r² H Hᵀ + σ_y² I)⁻¹(y − H x̂₀) to the model's score (ipsolve's weight "score", λ its guidance_scale),
+with x̂₀ clamped to [0, 1] when clip=(0, 1): in the residual and, through the score it returns, in the DDIM
+step; the Jacobian is the denoiser's own. Its r² is σ²/(1 + σ²) of its [0, 1] units, 4(1 − ᾱ)/(1 + 3ᾱ) in model
+units (ipsolve's r2="deepinv"), where ipsolve's default r2="paper" is 1 − ᾱ (the same as σ → 0, 4× at ᾱ → 0):
+the clip test hands deepinv's `solve_inverse` ipsolve's r² (one scalar, `IpsolvesCovariance`), the r2 test
+runs deepinv unmodified. What differs besides: (1) deepinv's grid is its SDE's times linspace(1, 0, n + 1):
+the exact Gaussian prior here is given those ᾱ as its schedule, so both run the same ᾱ; (2) its start is
+√(1 − ᾱ_T) z, given to ipsolve as x_T; (3) it calls the denoiser in float32 (ipsolve's solver runs in float64
+here)."""
 import pytest
 import torch
 
@@ -52,8 +54,9 @@ def replayed(draws):
     return noise
 
 
-@pytest.mark.parametrize("task", ["deno", "inp"])
-def test_clip_x0_is_deepinvs_clamped_pigdm_draw_for_draw(task):
+def problem(task):
+    """(ours, theirs): ipsolve's ΠGDM (weight "score", no safeguard) and deepinv's with a given data fidelity,
+    on a Gaussian prior twice narrower than the images (x̂₀ leaves [−1, 1]), from the same draws; both in [0, 1]."""
     times = torch.linspace(1, 0, STEPS + 1, dtype=torch.float64)
     a = dinv.sampling.VariancePreservingDiffusion().scale_t(times[:-1]) ** 2  # ᾱ of the evaluated times
     generator = torch.Generator().manual_seed(7)
@@ -67,18 +70,38 @@ def test_clip_x0_is_deepinvs_clamped_pigdm_draw_for_draw(task):
     draws = [torch.randn(clean.shape, generator=draws_from, dtype=torch.float64) for _ in range(STEPS)]
     grid = list(range(STEPS - 1, -1, -1))
 
-    def ours(clip_x0):
+    def ours(**options):
         return (solvers.pigdm(model, y, op, SIGMA_Y, grid, eta=1.0, x_T=(1 - a[0]).sqrt() * draws[0],
-                              noise=replayed(draws[1:]), weight="score", safeguard=False, clip_x0=clip_x0) + 1) / 2
+                              noise=replayed(draws[1:]), weight="score", safeguard=False, **options) + 1) / 2
 
-    clipped = ours(True)
-    theirs = deepinvs_pigdm(model, y_pixel, physics, times, IpsolvesCovariance(clip=(0, 1)))
-    torch.testing.assert_close(clipped, theirs, rtol=0, atol=1e-6)
+    def theirs(fidelity):
+        return deepinvs_pigdm(model, y_pixel, physics, times, fidelity)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("task", ["deno", "inp"])
+def test_clip_x0_is_deepinvs_clamped_pigdm_draw_for_draw(task):
+    ours, theirs = problem(task)
+    clipped = ours(clip_x0=True)
+    deepinvs = theirs(IpsolvesCovariance(clip=(0, 1)))
+    torch.testing.assert_close(clipped, deepinvs, rtol=0, atol=1e-6)
     # off, it is deepinv's ΠGDM without clip; the clamp mattered
-    unclipped = ours(False)
-    torch.testing.assert_close(unclipped, deepinvs_pigdm(model, y_pixel, physics, times, IpsolvesCovariance()),
-                               rtol=0, atol=1e-6)
+    unclipped = ours(clip_x0=False)
+    torch.testing.assert_close(unclipped, theirs(IpsolvesCovariance()), rtol=0, atol=1e-6)
     assert (clipped - unclipped).abs().max() > 1e-2
     # deepinv's own r² is another trajectory
-    own = deepinvs_pigdm(model, y_pixel, physics, times, dinv.sampling.PiGDMDataFidelity(clip=(0, 1)))
-    assert (own - theirs).abs().max() > 1e-2
+    assert (theirs(dinv.sampling.PiGDMDataFidelity(clip=(0, 1))) - deepinvs).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("task", ["deno", "inp"])
+def test_deepinv_covariance_and_guidance_scale_are_deepinvs_unmodified_pigdm_draw_for_draw(task):
+    """r2="deepinv" with guidance_scale λ is deepinv's own PiGDMDataFidelity(weight=λ), clamped (λ = 2, its
+    tuned weight) or not (λ = 1)."""
+    ours, theirs = problem(task)
+    tuned = ours(clip_x0=True, r2="deepinv", guidance_scale=2.0)
+    torch.testing.assert_close(tuned, theirs(dinv.sampling.PiGDMDataFidelity(weight=2.0, clip=(0, 1))),
+                               rtol=0, atol=1e-6)
+    plain = ours(r2="deepinv")
+    torch.testing.assert_close(plain, theirs(dinv.sampling.PiGDMDataFidelity()), rtol=0, atol=1e-6)
+    # the covariance mattered: ipsolve's default r² is another trajectory
+    assert (ours(guidance_scale=2.0, clip_x0=True) - tuned).abs().max() > 1e-2

@@ -156,9 +156,17 @@ def test_conjugate_gradients_equal_the_svd_for_every_weight(weight, start):
     assert relative_error(cg, out) < 1e-9
 
 
-@pytest.mark.parametrize("given, message", [({"weight": "papers"}, "weight 'papers' is not one of code, paper, score"),
-                                            ({"start": "pinv"}, "start 'pinv' is not one of noise, measurement")])
-def test_unknown_weight_or_start_is_refused(given, message):
+@pytest.mark.parametrize("given, message", [
+    ({"weight": "papers"}, "weight 'papers' is not one of code, paper, score"),
+    ({"start": "pinv"}, "start 'pinv' is not one of noise, measurement"),
+    ({"r2": "deepinvs", "weight": "score"}, "r2 'deepinvs' is not one of paper, deepinv"),
+    ({"r2": "deepinv"}, r'r2="deepinv" needs weight="score" .*, got \'code\''),
+    ({"r2": "deepinv", "weight": "paper"}, r'r2="deepinv" needs weight="score" .*, got \'paper\''),
+    ({"guidance_scale": 0.0}, "guidance_scale must be a finite number > 0, got 0.0"),
+    ({"guidance_scale": -2.0}, "guidance_scale must be a finite number > 0, got -2.0"),
+    ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number > 0, got nan"),
+    ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number > 0, got inf")])
+def test_unknown_or_invalid_option_is_refused(given, message):
     op = degradations.make("deno", channels=1, image_size=(4, 4))
     with pytest.raises(ValueError, match=message):
         solvers.pigdm(LinearModel(1.0), torch.zeros(1, 16, dtype=F64), op, 0.1, [500], **given)
