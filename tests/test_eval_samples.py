@@ -170,6 +170,23 @@ def test_the_sample_mean_and_calibration_are_those_of_k_samples_drawn_by_hand(ev
     assert widths[0] < widths[1] < widths[2]  # the three differ, so a wrong width shows
 
 
+def test_zero_std_is_each_images_share_of_pixels_whose_k_draws_agree(tmp_path, evaluated):
+    """DDNM on noiseless inpainting puts every observed pixel at its measured value in each of the K draws:
+    std 0 there, so zero_std is the observed share of the mask (round-off may split a few pixels' draws),
+    a number per image in its record, and calibration.csv's is their mean."""
+    root, _, _ = evaluated
+    task = {"name": "inp", "operator": "inp", "sigma_y_pixel": 0.0}
+    out, _ = run_evaluation(str(write_config(tmp_path, tasks=[task], methods={"ddnm": {}}, budgets=[2],
+                                             metrics={"lpips": None, "fid": None})),
+                            str(root / "data"), str(tmp_path / "out"), fid=False)
+    observed = degradations.make("inp", channels=1, image_size=(32, 32)).rank / 32 ** 2
+    shares = [json.loads((out / "inp" / "ddnm" / "nfe002" / f"{i:05d}.json").read_text())["mean"]["zero_std"]
+              for i in range(COUNT)]
+    assert all(isinstance(share, float) and abs(share - observed) < 0.01 for share in shares), (shares, observed)
+    row, = read_csv(out / "calibration.csv")
+    assert float(row["zero_std"]) == pytest.approx(np.mean(shares), abs=1e-12)
+
+
 def test_mean_rows_psnr_and_lpips_are_recomputed_from_the_saved_mean_pngs(evaluated):
     _, out, _ = evaluated
     network = metrics.load_lpips("alex")

@@ -171,6 +171,20 @@ def ddrm_estimate(**options):
                                    timesteps=[500, 0], **options)
 
 
+def test_sample_estimate_starts_each_of_the_k_rows_from_its_row_of_x_t():
+    """x_T holds B·K rows: row b·K + k starts draw k of measurement b (ddrm on the repeated y from that x_T);
+    one row per measurement is refused, in words that give the count."""
+    prior, measurement = ddrm_problem()
+    x_T = torch.randn(6, 1, 4, 4, generator=generator(46), dtype=F64)
+    result = ddrm_estimate(x_T=x_T, generator=generator(47))
+    plain = solvers.ddrm(prior, measurement["y"][[0, 0, 0, 1, 1, 1]], measurement["op"], 0.1, [500, 0], x_T=x_T,
+                         generator=generator(47))
+    assert torch.equal(result.samples, plain.reshape(2, 3, 1, 4, 4))
+    with pytest.raises(ValueError) as error:
+        ddrm_estimate(x_T=x_T[:2])
+    assert str(error.value) == "with samples=3, x_T needs 6 rows (K per measurement), got 2"
+
+
 @pytest.mark.parametrize("call", [
     lambda: solvers.repeat_for_samples(torch.zeros(2, 3), 0),
     lambda: solvers.split_samples(torch.zeros(6, 3), -1),
