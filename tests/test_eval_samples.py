@@ -170,7 +170,8 @@ def test_the_sample_mean_and_calibration_are_those_of_k_samples_drawn_by_hand(ev
     assert widths[0] < widths[1] < widths[2]  # the three differ, so a wrong width shows
 
 
-def test_zero_std_is_each_images_share_of_pixels_whose_k_draws_agree(tmp_path, evaluated):
+@pytest.mark.parametrize("count", [1, 2])  # one image: a calibration row of one
+def test_zero_std_is_each_images_share_of_pixels_whose_k_draws_agree(tmp_path, evaluated, count):
     """DDNM on noiseless inpainting puts every observed pixel at its measured value in each of the K draws:
     std 0 there, so zero_std is the observed share of the mask (round-off may split a few pixels' draws),
     a number per image in its record, and calibration.csv's is their mean."""
@@ -178,12 +179,13 @@ def test_zero_std_is_each_images_share_of_pixels_whose_k_draws_agree(tmp_path, e
     task = {"name": "inp", "operator": "inp", "sigma_y_pixel": 0.0}
     out, _ = run_evaluation(str(write_config(tmp_path, tasks=[task], methods={"ddnm": {}}, budgets=[2],
                                              metrics={"lpips": None, "fid": None})),
-                            str(root / "data"), str(tmp_path / "out"), fid=False)
+                            str(root / "data"), str(tmp_path / "out"), fid=False, limit=count)
     observed = degradations.make("inp", channels=1, image_size=(32, 32)).rank / 32 ** 2
     shares = [json.loads((out / "inp" / "ddnm" / "nfe002" / f"{i:05d}.json").read_text())["mean"]["zero_std"]
-              for i in range(COUNT)]
+              for i in range(count)]
     assert all(isinstance(share, float) and abs(share - observed) < 0.01 for share in shares), (shares, observed)
     row, = read_csv(out / "calibration.csv")
+    assert (int(row["images"]), int(row["nfe"])) == (count, 2)
     assert float(row["zero_std"]) == pytest.approx(np.mean(shares), abs=1e-12)
 
 
