@@ -267,8 +267,23 @@ def test_another_k_is_refused_and_with_overwrite_recomputes_everything(tmp_path,
     assert f"samples is {K} there, 1 here" in capsys.readouterr().err
     assert main([*args, "--config", str(write_config(tmp_path, **small, samples=1)), "--overwrite"]) == 0
     assert f"{COUNT} computed" in capsys.readouterr().out
+    assert main([*args, "--config", str(write_config(tmp_path, **small, samples=1))]) == 0  # no mean needed
+    assert f"0 computed (0 replacing results of other settings), {COUNT} reused" in capsys.readouterr().out
     assert not list((tmp_path / "out" / "sr4" / "ddrm" / "nfe002").glob("*_mean.png"))  # the earlier means went
     assert not (tmp_path / "out" / "calibration.csv").exists()
+
+
+def test_with_two_samples_a_missing_mean_is_recomputed(tmp_path, evaluated, capsys):
+    from ipsolve.cli import main
+
+    root, _, _ = evaluated
+    config = write_config(tmp_path, samples=2, methods={"ddrm": {}}, budgets=[2], metrics={"lpips": None, "fid": None})
+    args = ["eval", "--config", str(config), "--data", str(root / "data"), "--out", str(tmp_path / "out"), "--no-fid",
+            "--limit", "1"]
+    assert main(args) == 0 and "1 computed" in capsys.readouterr().out
+    (tmp_path / "out" / "sr4" / "ddrm" / "nfe002" / "00000_mean.png").unlink()
+    assert main(args) == 0
+    assert "1 computed (0 replacing results of other settings), 0 reused" in capsys.readouterr().out
 
 
 def test_the_eval_memory_estimate_counts_batch_size_times_k_rows(tmp_path, evaluated, monkeypatch):
