@@ -209,9 +209,17 @@ def test_mean_rows_psnr_and_lpips_are_recomputed_from_the_saved_mean_pngs(evalua
                                                          rel=1e-4, abs=1e-6), row
         if row["estimate"] == "mean":  # no FID / KID / consistency for a mean: empty, never a number
             assert all(math.isnan(float(row[key])) for key in ("fid", "kid", "to_final_mse", "to_final_lpips"))
-    per_image = read_csv(out / "per_image.csv")
-    assert len(per_image) == 2 * 2 * len(BUDGETS) * COUNT
-    assert {r["estimate"] for r in per_image} == {"sample", "mean"}
+    per_image = read_csv(out / "per_image.csv")  # each image's sample row, then its mean row
+    assert [(r["method"], int(r["budget"]), int(r["index"]), r["estimate"]) for r in per_image] == [
+        (m, b, i, e) for m in ("ddrm", "nested") for b in BUDGETS for i in range(COUNT) for e in ("sample", "mean")]
+    for row in per_image:
+        name = f"{int(row['index']):05d}{'_mean' if row['estimate'] == 'mean' else ''}.png"
+        image = pixels(out / "sr4" / row["method"] / f"nfe{int(row['budget']):03d}" / name)
+        clean = pixels(out / "clean" / f"{int(row['index']):05d}.png")
+        assert (row["task"], row["source"], row["nfe"]) == ("sr4", f"d{row['index']}.png", row["budget"]), row
+        assert float(row["psnr"]) == pytest.approx(numpy_psnr(image, clean), rel=1e-6), row
+        with torch.no_grad():
+            assert float(row["lpips"]) == pytest.approx(lpips(image, clean), rel=1e-4, abs=1e-6), row
 
 
 def test_the_report_says_which_rows_are_samples_and_which_are_means(evaluated):
@@ -284,6 +292,7 @@ def test_with_two_samples_a_missing_mean_is_recomputed(tmp_path, evaluated, caps
     (tmp_path / "out" / "sr4" / "ddrm" / "nfe002" / "00000_mean.png").unlink()
     assert main(args) == 0
     assert "1 computed (0 replacing results of other settings), 0 reused" in capsys.readouterr().out
+    assert [r["estimate"] for r in read_csv(tmp_path / "out" / "per_image.csv")] == ["sample", "mean"]
 
 
 def test_the_eval_memory_estimate_counts_batch_size_times_k_rows(tmp_path, evaluated, monkeypatch):
