@@ -252,7 +252,7 @@ def test_one_sample_reports_samples_only_and_keeps_its_keys(tmp_path, evaluated)
     assert not (out / "calibration.csv").exists() and "## Calibration" not in (out / "table.md").read_text()
     table = (out / "table.md").read_text()
     assert "every row is a posterior sample" in table and "| sr4 | ddrm | sample | " in table
-    assert "sample 1 of" not in table and "mean of" not in table
+    assert "| sample 1 of" not in table and "| mean of" not in table
     assert not list((out / "sr4" / "ddrm" / "nfe002").glob("*_mean.png"))
 
 
