@@ -253,6 +253,8 @@ def test_one_sample_reports_samples_only_and_keeps_its_keys(tmp_path, evaluated)
     table = (out / "table.md").read_text()
     assert "every row is a posterior sample" in table and "| sr4 | ddrm | sample | " in table
     assert "| sample 1 of" not in table and "| mean of" not in table
+    # K = 1 is no setting: a folder evaluated before `samples` existed keeps its fingerprint
+    assert "samples" not in json.loads((out / "evaluation.json").read_text())["settings"]
     assert not list((out / "sr4" / "ddrm" / "nfe002").glob("*_mean.png"))
 
 
@@ -295,6 +297,7 @@ def test_with_two_samples_a_missing_mean_is_recomputed(tmp_path, evaluated, caps
     assert main(args) == 0
     assert "1 computed (0 replacing results of other settings), 0 reused" in capsys.readouterr().out
     assert [r["estimate"] for r in read_csv(tmp_path / "out" / "per_image.csv")] == ["sample", "mean"]
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["settings"]["samples"] == 2
 
 
 def test_the_eval_memory_estimate_counts_batch_size_times_k_rows(tmp_path, evaluated, monkeypatch):
