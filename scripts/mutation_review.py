@@ -98,6 +98,33 @@ PHASES = {
         names=[f"solvers.pigdm.x_{f}__mutmut_*" for f in (
             "remedy", "guidance_weight", "x0_weight", "ddim_c2", "pigdm_init", "pigdm_start", "pseudo_inverse", "back_projection",
             "_svd_back_projection", "check_choice")]),
+    # K posterior samples (2026-12-02): the estimate functions, the std coverage, eval's mean rows and
+    # calibration, a folder restore's per-measurement preview (eval's batching and file writing left out, and
+    # summarise / log_fid_aucs, whose mean-row lines are a small part of what the metrics phase mutates)
+    "estimates": dict(
+        mutate=["solvers/estimates.py", "ipsolve/metrics.py", "ipsolve/services/eval_report.py",
+                "ipsolve/services/evaluation.py", "ipsolve/services/batch_restore.py"],
+        tests=["test_posterior_estimate.py", "test_eval_samples.py", "test_folder_estimate.py",
+               "test_restore_estimate.py"],
+        names=["solvers.estimates.*"]
+              + [f"ipsolve.metrics.x_{f}__mutmut_*" for f in ("std_coverage", "exact_coverage")]
+              + [f"ipsolve.services.eval_report.x_{f}__mutmut_*" for f in (
+                  "per_image_rows", "calibration", "estimate_label")]
+              + ["ipsolve.services.evaluation.x_samples_part__mutmut_*",
+                 "ipsolve.services.evaluation.xǁOutputLayoutǁmean_output__mutmut_*",
+                 "ipsolve.services.evaluation.xǁOutputLayoutǁstored_key__mutmut_*",
+                 "ipsolve.services.evaluation.xǁEvaluatorǁ_mean_scores__mutmut_*",
+                 "ipsolve.services.batch_restore.x_preview_of__mutmut_*"]),
+    # DeepInverse interop; the deepinv subclasses are defined inside the cached `_classes()`, which mutmut
+    # leaves alone (a decorated function): they were mutated by hand (docs/testing.md)
+    "interop": dict(
+        mutate=["ipsolve/interop/deepinv.py"],
+        tests=["test_interop_deepinv.py"],
+        names=[f"ipsolve.interop.deepinv.x_{f}__mutmut_*" for f in (
+            "to_deepinv", "as_denoiser", "grid_sigmas", "nearest_timesteps", "from_deepinv", "_real_spectrum",
+            "physics_spec")]
+              + [f"ipsolve.interop.deepinv.xǁ{c}ǁ*" for c in (
+                  "DenoiserModel", "DeepinvSVDOperator", "DeepinvLinearOperator", "DeepinvForward")]),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",

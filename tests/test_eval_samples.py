@@ -170,6 +170,25 @@ def test_the_sample_mean_and_calibration_are_those_of_k_samples_drawn_by_hand(ev
     assert widths[0] < widths[1] < widths[2]  # the three differ, so a wrong width shows
 
 
+@pytest.mark.parametrize("count", [1, 2])  # one image: a calibration row of one
+def test_zero_std_is_each_images_share_of_pixels_whose_k_draws_agree(tmp_path, evaluated, count):
+    """DDNM on noiseless inpainting puts every observed pixel at its measured value in each of the K draws:
+    std 0 there, so zero_std is the observed share of the mask (round-off may split a few pixels' draws),
+    a number per image in its record, and calibration.csv's is their mean."""
+    root, _, _ = evaluated
+    task = {"name": "inp", "operator": "inp", "sigma_y_pixel": 0.0}
+    out, _ = run_evaluation(str(write_config(tmp_path, tasks=[task], methods={"ddnm": {}}, budgets=[2],
+                                             metrics={"lpips": None, "fid": None})),
+                            str(root / "data"), str(tmp_path / "out"), fid=False, limit=count)
+    observed = degradations.make("inp", channels=1, image_size=(32, 32)).rank / 32 ** 2
+    shares = [json.loads((out / "inp" / "ddnm" / "nfe002" / f"{i:05d}.json").read_text())["mean"]["zero_std"]
+              for i in range(count)]
+    assert all(isinstance(share, float) and abs(share - observed) < 0.01 for share in shares), (shares, observed)
+    row, = read_csv(out / "calibration.csv")
+    assert (int(row["images"]), int(row["nfe"])) == (count, 2)
+    assert float(row["zero_std"]) == pytest.approx(np.mean(shares), abs=1e-12)
+
+
 def test_mean_rows_psnr_and_lpips_are_recomputed_from_the_saved_mean_pngs(evaluated):
     _, out, _ = evaluated
     network = metrics.load_lpips("alex")
@@ -190,9 +209,17 @@ def test_mean_rows_psnr_and_lpips_are_recomputed_from_the_saved_mean_pngs(evalua
                                                          rel=1e-4, abs=1e-6), row
         if row["estimate"] == "mean":  # no FID / KID / consistency for a mean: empty, never a number
             assert all(math.isnan(float(row[key])) for key in ("fid", "kid", "to_final_mse", "to_final_lpips"))
-    per_image = read_csv(out / "per_image.csv")
-    assert len(per_image) == 2 * 2 * len(BUDGETS) * COUNT
-    assert {r["estimate"] for r in per_image} == {"sample", "mean"}
+    per_image = read_csv(out / "per_image.csv")  # each image's sample row, then its mean row
+    assert [(r["method"], int(r["budget"]), int(r["index"]), r["estimate"]) for r in per_image] == [
+        (m, b, i, e) for m in ("ddrm", "nested") for b in BUDGETS for i in range(COUNT) for e in ("sample", "mean")]
+    for row in per_image:
+        name = f"{int(row['index']):05d}{'_mean' if row['estimate'] == 'mean' else ''}.png"
+        image = pixels(out / "sr4" / row["method"] / f"nfe{int(row['budget']):03d}" / name)
+        clean = pixels(out / "clean" / f"{int(row['index']):05d}.png")
+        assert (row["task"], row["source"], row["nfe"]) == ("sr4", f"d{row['index']}.png", row["budget"]), row
+        assert float(row["psnr"]) == pytest.approx(numpy_psnr(image, clean), rel=1e-6), row
+        with torch.no_grad():
+            assert float(row["lpips"]) == pytest.approx(lpips(image, clean), rel=1e-4, abs=1e-6), row
 
 
 def test_the_report_says_which_rows_are_samples_and_which_are_means(evaluated):
@@ -223,7 +250,11 @@ def test_one_sample_reports_samples_only_and_keeps_its_keys(tmp_path, evaluated)
     rows = read_csv(out / "results.csv")
     assert [r["estimate"] for r in rows] == ["sample"]
     assert not (out / "calibration.csv").exists() and "## Calibration" not in (out / "table.md").read_text()
-    assert "every row is a posterior sample" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "every row is a posterior sample" in table and "| sr4 | ddrm | sample | " in table
+    assert "| sample 1 of" not in table and "| mean of" not in table
+    # K = 1 is no setting: a folder evaluated before `samples` existed keeps its fingerprint
+    assert "samples" not in json.loads((out / "evaluation.json").read_text())["settings"]
     assert not list((out / "sr4" / "ddrm" / "nfe002").glob("*_mean.png"))
 
 
@@ -248,8 +279,25 @@ def test_another_k_is_refused_and_with_overwrite_recomputes_everything(tmp_path,
     assert f"samples is {K} there, 1 here" in capsys.readouterr().err
     assert main([*args, "--config", str(write_config(tmp_path, **small, samples=1)), "--overwrite"]) == 0
     assert f"{COUNT} computed" in capsys.readouterr().out
+    assert main([*args, "--config", str(write_config(tmp_path, **small, samples=1))]) == 0  # no mean needed
+    assert f"0 computed (0 replacing results of other settings), {COUNT} reused" in capsys.readouterr().out
     assert not list((tmp_path / "out" / "sr4" / "ddrm" / "nfe002").glob("*_mean.png"))  # the earlier means went
     assert not (tmp_path / "out" / "calibration.csv").exists()
+
+
+def test_with_two_samples_a_missing_mean_is_recomputed(tmp_path, evaluated, capsys):
+    from ipsolve.cli import main
+
+    root, _, _ = evaluated
+    config = write_config(tmp_path, samples=2, methods={"ddrm": {}}, budgets=[2], metrics={"lpips": None, "fid": None})
+    args = ["eval", "--config", str(config), "--data", str(root / "data"), "--out", str(tmp_path / "out"), "--no-fid",
+            "--limit", "1"]
+    assert main(args) == 0 and "1 computed" in capsys.readouterr().out
+    (tmp_path / "out" / "sr4" / "ddrm" / "nfe002" / "00000_mean.png").unlink()
+    assert main(args) == 0
+    assert "1 computed (0 replacing results of other settings), 0 reused" in capsys.readouterr().out
+    assert [r["estimate"] for r in read_csv(tmp_path / "out" / "per_image.csv")] == ["sample", "mean"]
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["settings"]["samples"] == 2
 
 
 def test_the_eval_memory_estimate_counts_batch_size_times_k_rows(tmp_path, evaluated, monkeypatch):

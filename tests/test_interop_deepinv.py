@@ -11,7 +11,8 @@ import torch
 import degradations
 import solvers
 from ipsolve.interop.deepinv import (DeepinvForward, DeepinvLinearOperator, DeepinvSVDOperator, as_denoiser,
-                                     from_deepinv, from_denoiser, grid_sigmas, to_deepinv)
+                                     from_deepinv, from_denoiser, from_spec, grid_sigmas, nearest_timesteps,
+                                     physics_spec, to_deepinv)
 from ipsolve.measurement import read_measurement, write_measurement
 from ipsolve.models import IsotropicGaussianPrior, load_model
 from _toy_ops import linear_alphas_cumprod, random_gaussian_prior
@@ -70,8 +71,15 @@ def test_the_noise_model_carries_sigma_in_deepinv_units():
     assert isinstance(physics.noise_model, dinv.physics.GaussianNoise)
     assert float(physics.noise_model.sigma) == pytest.approx(0.1)  # model units [-1, 1] → deepinv's [0, 1]
     assert isinstance(to_deepinv(operator("sr2", 1, 8)).noise_model, dinv.physics.ZeroNoise)
+    assert float(to_deepinv(operator("sr2", 1, 8), sigma_y=0.0).noise_model.sigma) == 0  # noiseless, not refused
     with pytest.raises(ValueError, match="sigma_y must be a finite number >= 0"):
         to_deepinv(operator("sr2", 1, 8), sigma_y=-1)
+
+
+def test_the_buffers_take_torchs_default_dtype_unless_told():
+    op = operator("sr2", 1, 8)  # float64 singular values
+    assert to_deepinv(op).mask.dtype == torch.get_default_dtype() == torch.float32
+    assert to_deepinv(op, dtype=torch.float64).mask.dtype == torch.float64
 
 
 def test_an_operator_without_svd_becomes_a_linear_physics():
@@ -93,6 +101,25 @@ def test_refusals_are_one_line():
     with pytest.raises(ValueError, match="a physics made by to_deepinv is fixed") as error:
         physics.A(torch.zeros(1, 1, 8, 8), mask=torch.ones(1))
     assert "\n" not in str(error.value)
+
+
+FIXED = "mask: a physics made by to_deepinv is fixed; build another operator and convert it instead"
+
+
+@pytest.mark.parametrize("name", ["sr2", "deblur_gauss+inp"])  # a DecomposablePhysics, a LinearPhysics
+def test_every_method_of_a_converted_physics_refuses_per_call_parameters(name):
+    """deepinv passes per-call parameters (a new mask, filter, …) as keywords: a converted operator is fixed,
+    so each method refuses them rather than ignoring them."""
+    op = degradations.make(name, channels=1, image_size=(8, 8), seed=1)
+    physics = to_deepinv(op, dtype=torch.float64)
+    x, y = randn(1, *op.input_shape), randn(1, *op.measurement_shape)
+    calls = {"A": x, "A_adjoint": y, "A_dagger": y}
+    if name == "sr2":
+        calls.update(V=randn(1, op.dim), U_adjoint=y)
+    for method, argument in calls.items():
+        with pytest.raises(ValueError) as error:
+            getattr(physics, method)(argument, mask=torch.ones(1))
+        assert str(error.value) == FIXED, method
 
 
 @pytest.mark.parametrize("convert", [lambda: to_deepinv(operator("sr2", 1, 8)),
@@ -139,6 +166,24 @@ def test_as_denoiser_between_grid_points_uses_the_nearest_timestep():
     torch.testing.assert_close(as_denoiser(prior)(x, sigma), (expected + 1) / 2, rtol=0, atol=1e-12)
 
 
+def test_nearest_timesteps_is_nearest_in_log_signal_to_noise_ratio():
+    """Grid ᾱ = 0.9, 0.5, 0.1: log(ᾱ/(1 − ᾱ)) = 2.197, 0, −2.197. ᾱ = 0.72 (0.944) is nearest to 0.5 in log SNR,
+    though nearer to 0.9 in ᾱ itself; 0.3 (−0.847) → 0.5; 0.95 (2.944) → 0.9; 0.05 (−2.944) → 0.1."""
+    got = nearest_timesteps([0.9, 0.5, 0.1], torch.tensor([0.72, 0.3, 0.95, 0.05]))
+    assert got.dtype == torch.long and got.tolist() == [1, 1, 0, 2]
+
+
+def test_as_denoiser_refuses_a_negative_sigma_and_options_it_does_not_have():
+    prior = random_gaussian_prior((1, 3, 3), torch.Generator().manual_seed(0), linear_alphas_cumprod())
+    x = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.raises(ValueError) as error:
+        as_denoiser(prior)(x, torch.tensor([0.1, -0.01], dtype=torch.float64))
+    assert str(error.value) == "sigma must be >= 0, got [0.1, -0.01]"
+    with pytest.raises(ValueError) as error:
+        as_denoiser(prior)(x, 0.1, physics=None)
+    assert str(error.value) == "physics: not an option of an ipsolve model's denoiser"
+
+
 def test_as_denoiser_on_the_embedded_model_to_float32_rounding(embedded, digits):
     x = (digits[:4] + 0.05 * randn(4, 1, 32, 32, seed=5)).float()
     t = torch.tensor([50, 200, 400, 600])
@@ -169,6 +214,24 @@ def test_from_denoiser_of_the_exact_denoiser_is_the_exact_epsilon():
     torch.testing.assert_close(model(x_t, t), prior(x_t, t), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="alphas_cumprod must be a 1-D schedule"):
         from_denoiser(denoiser, torch.tensor([1.0, 0.5]))
+
+
+def test_from_denoiser_keeps_float32_for_a_float32_denoiser():
+    """A deepinv denoiser with float32 weights gets float32 images and σ, and the ε-model answers in float32:
+    the exact ε of test_from_denoiser_of_the_exact_denoiser_is_the_exact_epsilon to float32 rounding."""
+    mean, variance = 0.3 * randn(1, 4, 4, seed=7), 0.5
+    prior = IsotropicGaussianPrior(mean, variance, linear_alphas_cumprod())
+    seen = []
+
+    def denoiser(x, sigma):
+        seen.append((x.dtype, sigma.dtype))
+        noise = (2 * sigma).reshape(-1, 1, 1, 1) ** 2
+        return (mean.float() + variance / (variance + noise) * (2 * x - 1 - mean.float()) + 1) / 2
+
+    x_t, t = randn(2, 1, 4, 4, seed=8), torch.tensor([10, 700])
+    got = from_denoiser(denoiser, prior.alphas_cumprod)(x_t.float(), t)
+    assert got.dtype == torch.float32 and seen == [(torch.float32, torch.float32)]
+    torch.testing.assert_close(got.double(), prior(x_t, t), rtol=0, atol=2e-5)
 
 
 # ---------------------------------------------------------------------------------------- deepinv's DDRM
@@ -249,6 +312,74 @@ def test_deepinvs_mri_is_an_svd_operator():
     torch.testing.assert_close(op.singulars(), torch.ones(op.rank, dtype=torch.float64))
 
 
+def sign_flips(shape, seed):
+    """A float64 ±1 pattern: multiplying by it is an orthogonal (and symmetric) map."""
+    return torch.where(randn(*shape, seed=seed) > 0, 1.0, -1.0).to(torch.float64)
+
+
+def test_a_custom_decomposable_physics_is_its_svd_in_the_order_of_its_mask():
+    """A = U diag(mask) Vᵀ with V, U sign flips held in float64 and a mask with zeros: ipsolve's Vt is
+    deepinv's coefficients with the nonzero mask entries first (in their order), Ut takes those of
+    U_adjoint, U puts them back; every map answers in the dtype of its input (float32 here)."""
+    v, u = sign_flips((1, 1, 3, 3), 1), sign_flips((1, 1, 3, 3), 2)
+    mask = torch.tensor([0.5, 0, 2, 1, 0, 0, 3, 1.5, 0.25], dtype=torch.float64).reshape(1, 1, 3, 3)
+    physics = dinv.physics.DecomposablePhysics(V_adjoint=lambda x: x * v, V=lambda z: z * v, U=lambda w: w * u,
+                                               U_adjoint=lambda y: y * u, mask=mask, img_size=(1, 3, 3))
+    op = from_deepinv(physics)
+    assert isinstance(op, DeepinvSVDOperator) and op.rank == 6 and op.name == "deepinv.DecomposablePhysics"
+    kept, null = [0, 2, 3, 6, 7, 8], [1, 4, 5]
+    assert torch.equal(op.singulars(), mask.flatten()[kept])
+    x, y = randn(2, 1, 3, 3, seed=3).float(), randn(2, 1, 3, 3, seed=4).float()
+    flat = (x.double() * v).reshape(2, -1)
+    expected = {"Vt": (x, flat[:, kept + null]), "Ut": (y, (y.double() * u).reshape(2, -1)[:, kept]),
+                "V": (flat[:, kept + null].float(), x.double()),
+                "U": (y.reshape(2, -1)[:, kept], (torch.zeros(2, 9, dtype=torch.float64).index_copy(
+                    1, torch.tensor(kept), y.double().reshape(2, -1)[:, kept]).reshape(2, 1, 3, 3) * u)),
+                "H": (x, physics.A(x.double())), "Ht": (y, physics.A_adjoint(y.double()))}
+    for method, (argument, value) in expected.items():
+        got = getattr(op, method)(argument)
+        assert got.dtype == torch.float32, method
+        torch.testing.assert_close(got.double(), value, rtol=0, atol=1e-6, msg=method)
+
+
+def test_a_decomposable_physics_unlike_an_svd_becomes_a_linear_operator():
+    """ipsolve's SVD needs real coefficients, one per pixel: deepinv's single-pixel camera (5 coefficients for
+    16 pixels), BlurFFT (real and imaginary parts of an rfft: 80 numbers for 64 pixels) and a physics whose
+    V is the (complex) Fourier transform are linear operators instead, H = A."""
+    fourier = dinv.physics.DecomposablePhysics(
+        V_adjoint=lambda x: torch.fft.fft2(x, norm="ortho"), V=lambda z: torch.fft.ifft2(z, norm="ortho").real,
+        U=lambda w: torch.fft.ifft2(w, norm="ortho").real, U_adjoint=lambda y: torch.fft.fft2(y, norm="ortho"),
+        mask=torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+        img_size=(1, 4, 4))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        camera = dinv.physics.SinglePixelCamera(m=5, img_size=(1, 4, 4), fast=False)
+    blur = dinv.physics.BlurFFT(img_size=(1, 4, 4), filter=gaussian_filter(1.0, 3))
+    v = sign_flips((1, 1, 4, 4), 1)
+    masks = [torch.linspace(-0.5, 1, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)]
+    negative, zero = (dinv.physics.DecomposablePhysics(V_adjoint=lambda x: x * v, V=lambda z: z * v,
+                                                       mask=mask.reshape(1, 1, 4, 4), img_size=(1, 4, 4))
+                      for mask in masks)  # a mask entry < 0 (no singular value) and a mask of zeros (no SVD)
+    for physics, dtype in ((camera, torch.float32), (blur, torch.float64), (fourier, torch.float64),
+                           (negative, torch.float64), (zero, torch.float64)):
+        op = from_deepinv(physics)
+        assert isinstance(op, DeepinvLinearOperator), type(physics).__name__
+        assert op.name == f"deepinv.{type(physics).__name__}"
+        x = randn(2, 1, 4, 4, seed=1).to(dtype)
+        torch.testing.assert_close(op.H(x), physics.A(x), rtol=0, atol=0)
+
+
+def test_a_linear_operator_answers_in_the_dtype_of_its_input():
+    """A LinearPhysics holding float64 weights w (A = Aᵀ = diag(w)) on float32 images: H, Ht and the CG
+    pseudo-inverse (y / w) in float32."""
+    w = torch.linspace(0.5, 2, 9, dtype=torch.float64).reshape(1, 1, 3, 3)
+    op = from_deepinv(dinv.physics.LinearPhysics(A=lambda x: x * w, A_adjoint=lambda y: y * w, img_size=(1, 3, 3)))
+    x = randn(2, 1, 3, 3, seed=1).float()
+    for got, expected in ((op.H(x), x.double() * w), (op.Ht(x), x.double() * w), (op.H_pinv(x), x.double() / w)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_a_linear_physics_without_svd_gets_a_least_squares_pseudo_inverse():
     physics = dinv.physics.Downsampling(img_size=(1, 8, 8), filter=gaussian_filter(1.0, 5), factor=2,
                                         padding="circular")
@@ -306,6 +437,85 @@ def test_a_physics_that_cannot_be_rebuilt_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "y.png").exists()
     with pytest.raises(ValueError, match="only deepinv.physics classes are"):
         from_deepinv(to_deepinv(operator("sr2", 1, 8))).spec()
+
+
+def test_a_physics_spec_records_every_parameter_it_is_rebuilt_from():
+    """Downsampling's padding comes after its (unrecorded) device; Inpainting keeps no attribute for its
+    parameter pixelwise, left at its default. Each rebuilt physics is the original's matrix, float64 included,
+    and recording draws nothing from torch's global generator (which deepinv's noise draws from)."""
+    mask = (torch.arange(16).reshape(1, 4, 4) % 3 > 0).to(torch.float64)
+    reflect = dinv.physics.Downsampling(img_size=(1, 8, 8), filter=gaussian_filter(1.0, 3), factor=2, padding="reflect")
+    cases = [(reflect, (1, 8, 8), {"img_size": None, "factor": 2, "padding": "reflect"}),
+             (dinv.physics.Inpainting(img_size=(1, 4, 4), mask=mask), (1, 4, 4), {"img_size": [1, 4, 4]})]
+    for physics, shape, plain in cases:
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            state = torch.get_rng_state()
+            spec = physics_spec(physics, shape)
+            assert torch.equal(torch.get_rng_state(), state)
+        assert {key: spec["params"][key] for key in plain} == plain
+        assert spec["channels"] == shape[0] and spec["image_size"] == list(shape[1:])
+        x = randn(2, *shape, seed=1)
+        torch.testing.assert_close(from_spec(spec).H(x), physics.A(x), rtol=0, atol=0)
+    assert set(physics_spec(*cases[1][:2])["params"]) == {"img_size", "mask"}  # not pixelwise
+
+
+def test_a_physics_spec_refuses_a_physics_its_parameters_rebuild_otherwise(monkeypatch):
+    """The check: A of the rebuilt physics on a probe image against the physics' own A. A rebuild 1.5 times or
+    1.001 times the original is another operator; one off by float32 round-off (1e-7) is the same."""
+    import ipsolve.interop.deepinv as interop
+
+    blur, rebuild = dinv.physics.Blur(filter=gaussian_filter(1.0, 3), padding="circular"), interop._rebuild
+    for scale in (1.5, 1 + 1e-3, 1 + 1e-7):
+        monkeypatch.setattr(interop, "_rebuild", lambda spec: dinv.physics.LinearPhysics(
+            A=lambda x: scale * rebuild(spec).A(x), A_adjoint=lambda y: scale * rebuild(spec).A_adjoint(y)))
+        if scale == 1 + 1e-7:
+            assert physics_spec(blur, (1, 8, 8))["params"]["padding"] == "circular"
+            continue
+        with pytest.raises(ValueError) as error:
+            physics_spec(blur, (1, 8, 8))
+        assert str(error.value) == ("Blur cannot be recorded in a measurement file: rebuilt from its parameters "
+                                    "(filter, padding, use_fft) it is another operator")
+
+
+def test_grid_sigmas_are_computed_in_float64_from_any_schedule():
+    schedule = [0.9999, 0.5, 0.01]  # a list, or float32 values: ᾱ near 1 needs float64 for 1 − ᾱ
+    got = grid_sigmas(schedule)
+    assert got.dtype == torch.float64
+    assert got.tolist() == pytest.approx([math.sqrt((1 - a) / a) / 2 for a in schedule], rel=1e-14)
+
+
+class Doubling(dinv.physics.LinearPhysics):
+    """A physics defined outside deepinv.physics: its class cannot be imported back by a measurement file."""
+
+    def __init__(self, img_size=(1, 4, 4)):
+        super().__init__(A=lambda x: 2 * x, A_adjoint=lambda y: 2 * y, img_size=img_size)
+
+
+def test_a_physics_spec_refuses_in_one_line_what_it_cannot_rebuild():
+    with pytest.raises(ValueError) as error:
+        physics_spec(Doubling(), (1, 4, 4))
+    assert str(error.value) == "Doubling cannot be recorded in a measurement file: only deepinv.physics classes are"
+    with torch.random.fork_rng():
+        physics = dinv.physics.CompressedSensing(m=10, img_size=(1, 4, 4))
+    with pytest.raises(ValueError) as error:
+        physics_spec(physics, (1, 4, 4))
+    assert str(error.value) == ("CompressedSensing cannot be recorded in a measurement file: it keeps no attribute "
+                                "for its parameter m")
+
+
+def test_refusals_name_the_operator_and_the_expected_shape():
+    forward = from_deepinv(dinv.physics.Physics(A=lambda x: x ** 2), input_shape=(1, 4, 4))
+    linear = from_deepinv(dinv.physics.Downsampling(filter=gaussian_filter(1.0, 3), factor=2), input_shape=(1, 8, 8))
+    for call, message in ((lambda: forward(torch.zeros(2, 1, 4, 5)),
+                           "deepinv.Physics expects a image batch of shape (B, 1, 4, 4), got (2, 1, 4, 5)"),
+                          (lambda: linear.H(torch.zeros(1, 8, 8)),
+                           "deepinv.Downsampling expects a image batch of shape (B, 1, 8, 8), got (1, 8, 8)"),
+                          (lambda: linear.Ht(torch.zeros(1, 1, 8, 8)),
+                           "deepinv.Downsampling expects a measurement of shape (B, 1, 4, 4), got (1, 1, 8, 8)")):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == message
 
 
 # ---------------------------------------------------------------------------------------- a physics ipsolve never had

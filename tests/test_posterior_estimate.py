@@ -30,6 +30,23 @@ def test_mean_and_std_are_numpys_by_hand(count):
     assert result.samples is samples and result.count == count and result.std.shape == (3, 2, 4, 5)
 
 
+def test_k_scalars_per_measurement_are_an_estimate_too():
+    """(B, K): one number per draw; mean and unbiased std by hand: (1, 2, 6) → 3, √7; (0, 0, 3) → 1, √3."""
+    result = solvers.estimate(torch.tensor([[1.0, 2, 6], [0, 0, 3]], dtype=F64))
+    assert result.mean.tolist() == [3, 1]
+    assert result.std.tolist() == pytest.approx([math.sqrt(7), math.sqrt(3)], rel=1e-15)
+    with pytest.raises(ValueError) as error:
+        solvers.estimate(torch.zeros(3))
+    assert str(error.value) == "samples must be (B, K, ...) with K ≥ 1, got shape (3,)"
+
+
+@pytest.mark.parametrize("count", [2.0, True, 0])
+def test_a_sample_count_is_a_whole_number(count):
+    with pytest.raises(ValueError) as error:
+        solvers.repeat_for_samples(torch.zeros(2, 3), count)
+    assert str(error.value) == f"samples must be a whole number ≥ 1 (draws per measurement), got {count!r}"
+
+
 def test_one_sample_is_its_own_mean_with_zero_std():
     samples = torch.randn(2, 1, 1, 3, 3, generator=generator(2))
     result = solvers.estimate(samples)
@@ -169,6 +186,20 @@ def ddrm_estimate(**options):
     prior, measurement = ddrm_problem()
     return solvers.sample_estimate(solvers.ddrm, prior, measurement["y"], 3, op=measurement["op"], sigma_y=0.1,
                                    timesteps=[500, 0], **options)
+
+
+def test_sample_estimate_starts_each_of_the_k_rows_from_its_row_of_x_t():
+    """x_T holds B·K rows: row b·K + k starts draw k of measurement b (ddrm on the repeated y from that x_T);
+    one row per measurement is refused, in words that give the count."""
+    prior, measurement = ddrm_problem()
+    x_T = torch.randn(6, 1, 4, 4, generator=generator(46), dtype=F64)
+    result = ddrm_estimate(x_T=x_T, generator=generator(47))
+    plain = solvers.ddrm(prior, measurement["y"][[0, 0, 0, 1, 1, 1]], measurement["op"], 0.1, [500, 0], x_T=x_T,
+                         generator=generator(47))
+    assert torch.equal(result.samples, plain.reshape(2, 3, 1, 4, 4))
+    with pytest.raises(ValueError) as error:
+        ddrm_estimate(x_T=x_T[:2])
+    assert str(error.value) == "with samples=3, x_T needs 6 rows (K per measurement), got 2"
 
 
 @pytest.mark.parametrize("call", [
