@@ -7,7 +7,7 @@ singulars) raises: solvers that need it (ddrm, ddnm) refuse such operators, pigd
 """
 import math
 
-from .linalg import conjugate_gradient
+from .linalg import least_squares
 
 
 class ComposedOperator:
@@ -48,7 +48,7 @@ class ComposedOperator:
         return y
 
     def H_pinv(self, y):
-        return conjugate_gradient(lambda x: self.Ht(self.H(x)), self.Ht(y), self.pinv_iterations)
+        return least_squares(self, y, self.pinv_iterations)
 
     def spec(self):
         """{"name": "a+b", "channels", "image_size", "parts": [a.spec(), b.spec()]}: make(**spec) rebuilds it."""

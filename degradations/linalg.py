@@ -33,3 +33,10 @@ def conjugate_gradient(apply, b, iterations, rtol=None):
         p = r + per_row(beta) * p
         rr = rr_next
     return x
+
+
+def least_squares(op, y, iterations):
+    """H⁺y for a linear operator known through op.H and op.Ht: conjugate gradients on the normal equations
+    HᵀH x = Hᵀy, which are consistent for every y (H Hᵀ w = y is not when H Hᵀ is singular and y leaves H's
+    range), so CG from 0 gives the least-squares solution of least norm."""
+    return conjugate_gradient(lambda x: op.Ht(op.H(x)), op.Ht(y), iterations)

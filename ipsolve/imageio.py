@@ -25,6 +25,11 @@ def from_model(x):
     return (x + 1) / 2
 
 
+def std_from_model(std):
+    """A standard deviation in model units ([-1, 1] images) → [0, 1] pixel units (half of it)."""
+    return std / 2
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the same folder; rename it onto `path` when the block succeeds."""

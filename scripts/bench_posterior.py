@@ -41,7 +41,7 @@ from bench_solvers import (PATCH_TASKS, READING_MARKER, fitted_benchmark, image_
 from ipsolve.config import load_task
 from ipsolve.datasets import mnist32
 from ipsolve.figures import labelled_grid, measurement_picture, std_picture
-from ipsolve.imageio import from_model, save_picture, to_model
+from ipsolve.imageio import from_model, save_picture, std_from_model, to_model
 from ipsolve.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,11 +284,6 @@ def curve_plot(results, path):
 
 
 # ------------------------------------------------------------------------------- d. pictures
-def pixel_std(std):
-    """A std in model units as [0, 1] pixel units (half), for `std_picture`."""
-    return std / 2
-
-
 def digit_picture(pictures):
     rows = []
     for name, p in pictures.items():
@@ -296,7 +291,7 @@ def digit_picture(pictures):
         rows.append([(f"{name}: clean", from_model(p["clean"])), ("measurement", measurement_picture(p["y"], p["op"])),
                      *[(f"sample {k + 1}", image) for k, image in enumerate(shown)],
                      (f"mean of {DIGIT_SAMPLES}", from_model(p["mean"])),
-                     ("", std_picture(pixel_std(p["std"]), f"std of {DIGIT_SAMPLES}"))])
+                     ("", std_picture(std_from_model(p["std"]), f"std of {DIGIT_SAMPLES}"))])
     return labelled_grid(rows)
 
 
@@ -307,11 +302,11 @@ def patch_picture(pictures):
         rows.append([(f"{name}: measurement", measurement_picture(p["y"], p["op"])),
                      *[(f"DDRM {BUDGETS[-1]}: sample {k + 1}", from_model(x)) for k, x in enumerate(p["ddrm"][:3])],
                      (f"DDRM: mean of {DRAWS}", from_model(estimate.mean[0])),
-                     ("", std_picture(pixel_std(estimate.std[0]), f"DDRM: std of {DRAWS}"))])
+                     ("", std_picture(std_from_model(estimate.std[0]), f"DDRM: std of {DRAWS}"))])
         rows.append([("clean", from_model(p["clean"])),
                      *[(f"exact: sample {k + 1}", from_model(x)) for k, x in enumerate(p["exact"][:3])],
                      ("exact posterior mean", from_model(p["exact mean"])),
-                     ("", std_picture(pixel_std(p["exact std"]), "exact posterior std"))])
+                     ("", std_picture(std_from_model(p["exact std"]), "exact posterior std"))])
     return labelled_grid(rows)
 
 

@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from degradations.linalg import conjugate_gradient
+from degradations.linalg import conjugate_gradient, least_squares
 
 from .common import (alpha_bar, check_timesteps, ddim_step, denoise, divergence_checked, has_svd, noise_drawer,
                      report, with_next)
@@ -174,12 +174,11 @@ def pigdm_start(model, y, op, t: int, start: str, draw, cg_iterations: int):
 
 
 def pseudo_inverse(op, y, cg_iterations: int):
-    """H⁺y: in closed form with an SVD, else by conjugate gradients on the normal equations HᵀH x = Hᵀy, which
-    are consistent for every y (H Hᵀ w = y is not when H Hᵀ is singular and y leaves H's range, e.g. noisy
-    Fourier samples of a real image), so CG from 0 gives the least-norm least-squares solution."""
+    """H⁺y: in closed form with an SVD, else `degradations.linalg.least_squares` (CG on the normal equations,
+    consistent also for noisy Fourier samples of a real image, where H Hᵀ is singular)."""
     if has_svd(op):
         return back_projection(op, 0.0)(y, 1.0)
-    return conjugate_gradient(lambda x: op.Ht(op.H(x)), op.Ht(y), cg_iterations)
+    return least_squares(op, y, cg_iterations)
 
 
 def residual_step(residual, moved):

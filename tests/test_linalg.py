@@ -1,5 +1,5 @@
 """Conjugate gradients (degradations.linalg) against closed forms on diagonal systems: finite termination,
-per-row stopping, and the least-norm answer when b has no part in A's range."""
+per-row stopping, the least-norm answer when b has no part in A's range, and least_squares = pinv (CG on the normal equations)."""
 import torch
 
 from degradations.linalg import conjugate_gradient
@@ -37,3 +37,17 @@ def test_b_outside_the_range_gives_the_least_norm_solution_zero():
     b = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 4.0]], dtype=F64)
     x = conjugate_gradient(diagonal(d), b, 10)
     torch.testing.assert_close(x, torch.tensor([[0.0, 0.0, 0.0], [0.0, 3.0, 2.0]], dtype=F64), rtol=0, atol=1e-12)
+
+
+def test_least_squares_is_the_pseudo_inverse_also_when_y_leaves_the_range():
+    """A rank-2 3×4 H (so H Hᵀ is singular) and a y with a part outside H's range: least_squares gives
+    torch.linalg.pinv(H) y, the least-norm least-squares answer."""
+    from types import SimpleNamespace
+
+    from degradations.linalg import least_squares
+
+    g = torch.Generator().manual_seed(3)
+    matrix = torch.randn(3, 2, generator=g, dtype=F64) @ torch.randn(2, 4, generator=g, dtype=F64)
+    op = SimpleNamespace(H=lambda x: x @ matrix.T, Ht=lambda y: y @ matrix)
+    y = torch.tensor([[0.4, -1.0, 2.5], [1.0, 0.0, -0.3]], dtype=F64)
+    torch.testing.assert_close(least_squares(op, y, 50), y @ torch.linalg.pinv(matrix).T, rtol=1e-9, atol=1e-9)

@@ -32,7 +32,7 @@ import types
 import torch
 
 from degradations.base import SVDOperator, inverse_permutation
-from degradations.linalg import conjugate_gradient
+from degradations.linalg import least_squares
 from solvers.common import has_svd
 
 MISSING_EXTRA = "the deepinv extra is not installed: pip install 'ipsolve[deepinv]'"
@@ -333,7 +333,7 @@ class DeepinvLinearOperator(_FromPhysics):
         return self.physics.A_adjoint(_checked(y, self.measurement_shape, "measurement", self.name)).to(y.dtype)
 
     def H_pinv(self, y):
-        return conjugate_gradient(lambda x: self.Ht(self.H(x)), self.Ht(y), self.pinv_iterations)
+        return least_squares(self, y, self.pinv_iterations)
 
 
 class DeepinvForward(_FromPhysics):

@@ -55,7 +55,7 @@ import ipsolve
 from solvers.estimates import estimate, repeat_for_samples, split_samples
 from ipsolve import distributed, metrics, provenance
 from ipsolve.config import EvalConfig, MethodConfig, TaskConfig, load_eval_config
-from ipsolve.imageio import atomic_path, from_model, load_image, save_image, to_model
+from ipsolve.imageio import atomic_path, from_model, load_image, save_image, std_from_model, to_model
 from ipsolve.services.checks import one_line
 from ipsolve.services.folder_lock import folder_lock
 from ipsolve.services.progress import CountProgress
@@ -344,7 +344,7 @@ class Evaluator:
         pixels whose draws all agree (std 0; they count as within only when their error is 0)."""
         estimated = estimate(split_samples(x0, self.config.samples))
         image = as_saved(estimated.mean)
-        std = (estimated.std / 2).float()  # model units [-1, 1] → pixel units [0, 1]
+        std = std_from_model(estimated.std).float()
         within = metrics.std_coverage(image, std, clean).tolist()
         return {"image": image, "psnr": metrics.psnr(image, clean).tolist(), "lpips": self._lpips(image, clean),
                 **{f"within_{width}std": [row[i] for row in within]

@@ -27,7 +27,7 @@ import torch
 
 from ipsolve.figures import anytime_frames, anytime_strip, std_picture
 from ipsolve.services.folder_lock import folder_lock
-from ipsolve.imageio import atomic_path, from_model, save_gif, save_image, save_picture
+from ipsolve.imageio import atomic_path, from_model, save_gif, save_image, save_picture, std_from_model
 from ipsolve.metrics import psnr
 
 OUTPUT_PATTERNS = ("preview_*_nfe*.png", "final.png", "strip.png", "anytime.gif", "run.json", "mean.png", "std.png")
@@ -154,7 +154,7 @@ def estimate_pictures(preview, title=None) -> tuple:
     if preview.estimate is None:
         raise ValueError("estimate mean needs previews with a posterior estimate (samples of 2 or more)")
     mean = from_model(preview.estimate.mean).detach().to("cpu", torch.float32).clamp(0, 1)
-    std = preview.estimate.std.detach().to("cpu", torch.float32) / 2  # model units [-1, 1] → pixel units
+    std = std_from_model(preview.estimate.std.detach().to("cpu", torch.float32))
     return mean[0] if len(mean) == 1 else mean, std_picture(std[0], title)
 
 
