@@ -1,5 +1,6 @@
 """ipsolve ↔ DeepInverse (the deepinv extra): operators as physics and back, ε-models as denoisers and back,
 deepinv's DDRM on an ipsolve operator, and a nested restore through a deepinv physics ipsolve never had."""
+import json
 import math
 import sys
 from pathlib import Path
@@ -426,6 +427,12 @@ def test_a_measurement_file_records_a_deepinv_physics(tmp_path, monkeypatch):
         with pytest.raises(ValueError) as error:
             read_measurement(tmp_path / "y.png")
     assert str(error.value) == f"the measurement records a DeepInverse physics and {MISSING}"
+    sidecar = tmp_path / "y.png.json"  # a sidecar edited by hand: a tensor's dtype that torch has not
+    record = json.loads(sidecar.read_text())
+    record["operator"]["params"]["filter"]["dtype"] = "load"
+    sidecar.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="^a recorded deepinv parameter has the dtype 'load', which is no torch dtype$"):
+        read_measurement(tmp_path / "y.png")
 
 
 def test_a_physics_that_cannot_be_rebuilt_is_refused_in_one_line(tmp_path):

@@ -428,5 +428,8 @@ def _plain(value, what, parameter):
 
 def _value(recorded):
     if isinstance(recorded, dict) and set(recorded) == {"tensor", "dtype"}:
-        return torch.tensor(recorded["tensor"], dtype=getattr(torch, recorded["dtype"]))
+        dtype = getattr(torch, str(recorded["dtype"]), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"a recorded deepinv parameter has the dtype {recorded['dtype']!r}, which is no torch dtype")
+        return torch.tensor(recorded["tensor"], dtype=dtype)
     return tuple(_value(item) for item in recorded) if isinstance(recorded, list) else recorded
